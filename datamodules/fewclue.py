@@ -1,0 +1,115 @@
+"""The FewCLUE DataModule shared by every fine-tuning stage.
+
+It reads and validates rows; turning rows into tensors is the stage's job: the LightningModule
+provides ``collate(rows) -> batch`` and train.py hands it to the DataModule as ``collate_fn``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from datamodules.fewclue_download import FEWCLUE_URL, locate_task_dir, split_files
+from datamodules.fewclue_rows import Row, read_rows
+from datamodules.task_spec import TaskSpec
+
+
+class FewClueDataModule(LightningDataModule):
+    def __init__(
+        self,
+        task: TaskSpec,
+        split: str | int = 0,
+        data_dir: str | None = None,
+        cache_dir: str = ".cache",
+        download_url: str = FEWCLUE_URL,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        max_unlabeled: int | None = None,
+        collate_fn: Callable[[list[Row]], dict] | None = None,
+    ) -> None:
+        super().__init__()
+        self.task = task
+        self.split = str(split)
+        split_files(self.split)  # fails early on a bad split name
+        self.data_dir = data_dir if data_dir is not None else os.environ.get("FEWCLUE_DIR", "data/fewclue")
+        self.cache_dir = cache_dir
+        self.download_url = download_url
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.max_unlabeled = max_unlabeled
+        self.collate_fn = collate_fn
+        self.task_dir: Path | None = None
+        self.train_rows: list[Row] = []
+        self.val_rows: list[Row] = []
+        self.test_rows: list[Row] | None = None
+        self.predict_rows: list[Row] = []
+        self._unlabeled_rows: list[Row] | None = None
+
+    def prepare_data(self) -> None:
+        locate_task_dir(self.task.name, self.split, self.data_dir, self.cache_dir, self.download_url)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.task_dir is not None:
+            return
+        self.task_dir = locate_task_dir(self.task.name, self.split, self.data_dir, self.cache_dir, self.download_url)
+        train_name, dev_name = split_files(self.split)
+        self.train_rows = read_rows(self.task, self.task_dir / train_name, labelled=True)
+        self.val_rows = read_rows(self.task, self.task_dir / dev_name, labelled=True)
+        test_public = self.task_dir / "test_public.json"
+        self.test_rows = read_rows(self.task, test_public, labelled=True) if test_public.is_file() else None
+        self.predict_rows = read_rows(self.task, self.task_dir / "test.json", labelled=False)
+
+    @property
+    def has_test_labels(self) -> bool:
+        return self.test_rows is not None
+
+    @property
+    def unlabeled_path(self) -> Path | None:
+        path = self.task_dir / "unlabeled.json" if self.task_dir else None
+        return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
+
+    def unlabeled_rows(self) -> list[Row]:
+        """Rows of unlabeled.json (first ``max_unlabeled``), or [] when the task has none."""
+        if self._unlabeled_rows is None:
+            path = self.unlabeled_path
+            rows = read_rows(self.task, path, labelled=False, allow_empty=True) if path else []
+            self._unlabeled_rows = rows[: self.max_unlabeled] if self.max_unlabeled else rows
+        return self._unlabeled_rows
+
+    def texts(self) -> list[str]:
+        """Every text of the task's files, for building a character vocabulary."""
+        rows = [*self.train_rows, *self.val_rows, *(self.test_rows or []), *self.predict_rows]
+        texts = [str(v) for row in rows for v in row.fields.values() if isinstance(v, str)]
+        texts += [c for row in rows for c in row.fields.get("candidates", [])]
+        return texts
+
+    def loader(self, rows: list, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        if self.collate_fn is None:
+            raise RuntimeError("FewClueDataModule.collate_fn is not set: the stage module provides it")
+        return DataLoader(
+            rows,
+            batch_size=batch_size or (self.batch_size if shuffle else self.eval_batch_size),
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train_rows, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.val_rows)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_rows is None:
+            raise RuntimeError(f"{self.task_dir}/test_public.json is absent: there is no labelled test set")
+        return self.loader(self.test_rows)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader(self.predict_rows)

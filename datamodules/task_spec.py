@@ -1,0 +1,62 @@
+"""The facts of one FewCLUE task, read from ``conf/task/<task>.yaml``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("classification", "multiple_choice", "span_pair")
+
+
+@dataclass
+class TaskSpec:
+    """Fields, labels and prompts of a task.
+
+    ``labels`` maps the official label, as written in the data files (stringified), to its Chinese
+    name, in the order that defines class indices. ``multiple_choice`` tasks (chid) have no fixed
+    labels: the class is the index of the right candidate.
+    """
+
+    name: str
+    kind: str
+    text_fields: list[str]
+    label_field: str
+    submission_file: str
+    id_fields: list[str] = field(default_factory=lambda: ["id"])
+    labels: dict[str, str] = field(default_factory=dict)
+    label_type: str = "str"
+    candidates_field: str | None = None
+    mask_marker: str | None = None
+    patterns: list[str] = field(default_factory=list)
+    verbalizers: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    descriptions: dict[str, str] = field(default_factory=dict)
+    num_choices: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"task.kind={self.kind!r} for task {self.name!r}; allowed: {list(KINDS)}")
+        if self.kind != "multiple_choice" and not self.labels:
+            raise ValueError(f"task {self.name!r}: task.labels is empty")
+        if self.label_type not in ("str", "int"):
+            raise ValueError(f"task.label_type={self.label_type!r}; allowed: ['str', 'int']")
+        self.labels = {str(k): str(v) for k, v in self.labels.items()}
+        self.descriptions = {str(k): str(v) for k, v in self.descriptions.items()}
+        self.verbalizers = {
+            str(name): {str(label): [str(w) for w in words] for label, words in table.items()}
+            for name, table in self.verbalizers.items()
+        }
+
+    @property
+    def label_list(self) -> list[str]:
+        return list(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return self.num_choices if self.kind == "multiple_choice" else len(self.labels)
+
+    def official_label(self, class_index: int) -> Any:
+        """The label as the leaderboard expects it for a predicted class index."""
+        if self.kind == "multiple_choice":
+            return int(class_index)
+        label = self.label_list[class_index]
+        return int(label) if self.label_type == "int" else label

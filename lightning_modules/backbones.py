@@ -1,0 +1,101 @@
+"""Backbone factories selected by ``conf/model``: each gives a tokenizer and a masked LM.
+
+Every stage builds on a Hugging Face masked LM (``BertForMaskedLM`` for ``model=tiny``), so a
+pretraining stage's export loads with ``AutoModelForMaskedLM`` and feeds the next stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, PreTrainedModel
+
+from lightning_modules.char_vocab import char_tokenizer
+
+
+class TinyBert:
+    """A small BERT built from scratch over a character vocabulary of the task texts."""
+
+    def __init__(
+        self,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        intermediate_size: int = 512,
+        max_position_embeddings: int = 512,
+        dropout: float = 0.1,
+        cache_dir: str = ".cache",
+        vocab_min_count: int = 1,
+        activation_checkpointing: bool = False,
+        attn_implementation: str = "sdpa",
+        compile: bool = False,
+    ) -> None:
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_size = intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.dropout = dropout
+        self.cache_dir = cache_dir
+        self.vocab_min_count = vocab_min_count
+        self.activation_checkpointing = activation_checkpointing
+        self.attn_implementation = attn_implementation
+        self.compile = compile
+        self.pretrained = None
+
+    def tokenizer(self, texts: Iterable[str]):
+        return char_tokenizer(texts, self.cache_dir, self.vocab_min_count)
+
+    def masked_lm(self, tokenizer) -> PreTrainedModel:
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            max_position_embeddings=self.max_position_embeddings,
+            hidden_dropout_prob=self.dropout,
+            attention_probs_dropout_prob=self.dropout,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        config._attn_implementation = self.attn_implementation
+        model = BertForMaskedLM(config)
+        return _finish(model, self.activation_checkpointing)
+
+
+class PretrainedMLM:
+    """Any Hugging Face masked-LM checkpoint, by hub name or local path (``model.pretrained=``)."""
+
+    def __init__(
+        self,
+        pretrained: str,
+        dropout: float | None = None,
+        activation_checkpointing: bool = False,
+        attn_implementation: str = "sdpa",
+        compile: bool = False,
+    ) -> None:
+        self.pretrained = pretrained
+        self.dropout = dropout
+        self.activation_checkpointing = activation_checkpointing
+        self.attn_implementation = attn_implementation
+        self.compile = compile
+
+    def tokenizer(self, texts: Iterable[str] = ()):
+        return AutoTokenizer.from_pretrained(self.pretrained)
+
+    def masked_lm(self, tokenizer=None) -> PreTrainedModel:
+        overrides = {}
+        if self.dropout is not None:
+            overrides = {"hidden_dropout_prob": self.dropout, "attention_probs_dropout_prob": self.dropout}
+        # Checkpoints may be stored in float16 (zh-mlm-small is): train in float32, let precision cast.
+        model = AutoModelForMaskedLM.from_pretrained(
+            self.pretrained, dtype=torch.float32, attn_implementation=self.attn_implementation, **overrides
+        )
+        return _finish(model, self.activation_checkpointing)
+
+
+def _finish(model: PreTrainedModel, activation_checkpointing: bool) -> PreTrainedModel:
+    if activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
