@@ -72,6 +72,17 @@ def choice(group: str) -> str | None:
     return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
 
 
+def selected_checkpoint(trainer: L.Trainer, module, datamodule) -> tuple[str | None, float | None]:
+    """The checkpoint chosen on dev and its val/acc; without one, the final weights measured on dev."""
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    if best and checkpoint.monitor == "val/acc" and checkpoint.best_model_score is not None:
+        return best, float(checkpoint.best_model_score)
+    # No validation ran before the end (e.g. max_steps hit mid-epoch): measure what training left.
+    metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    return best, metrics[0].get("val/acc") if metrics else None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -94,16 +105,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     failed = True
     try:
         trainer.fit(module, datamodule=datamodule)
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-        if checkpoint is not None and checkpoint.best_model_score is not None:
-            val_acc = float(checkpoint.best_model_score)
-        else:  # no validation ran (e.g. max_steps hit mid-epoch): measure the final weights
-            val_acc = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/acc"]
+        best, val_acc = selected_checkpoint(trainer, module, datamodule)
         test_acc = None
-        if datamodule.has_test_labels:
+        if getattr(datamodule, "has_test_labels", False):
             test_acc = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]["test/acc"]
-        trainer.predict(module, datamodule=datamodule, ckpt_path=best, return_predictions=False)
+        if getattr(datamodule, "predict_rows", None):
+            trainer.predict(module, datamodule=datamodule, ckpt_path=best, return_predictions=False)
         failed = False
     finally:
         close_loggers(loggers, failed)
@@ -131,9 +138,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         if best and not cfg.keep_checkpoints:
             shutil.rmtree(Path(best).parent, ignore_errors=True)
-        log.info("val/acc=%.4f test/acc=%s -> %s", val_acc, test_acc, output_dir / "results.json")
-        print(f"val/acc: {val_acc:.4f}  test/acc: {'n/a (no test_public.json)' if test_acc is None else f'{test_acc:.4f}'}")
+        summary = f"val/acc: {_fmt(val_acc)}  test/acc: {_fmt(test_acc, 'n/a (no test_public.json)')}"
+        log.info("%s -> %s", summary, output_dir / "results.json")
+        print(summary)
     return results
+
+
+def _fmt(value: float | None, missing: str = "n/a") -> str:
+    return missing if value is None else f"{value:.4f}"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

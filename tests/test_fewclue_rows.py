@@ -1,0 +1,116 @@
+"""The data layer on real FewCLUE files: counts, ids, labels, and the errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from datamodules.errors import DataError
+from datamodules.fewclue import FewClueDataModule
+from datamodules.fewclue_rows import read_rows
+from tests.conftest import CONF, TASKS
+
+
+def load_task(name: str):
+    return instantiate(OmegaConf.load(CONF / "task" / f"{name}.yaml"), _convert_="all")
+
+
+def line_count(path) -> int:
+    return sum(1 for line in open(path, encoding="utf-8") if line.strip())
+
+
+@pytest.mark.parametrize("name", TASKS)
+@pytest.mark.parametrize("split", ["0", "all"])
+def test_every_task_loads_every_row(name, split, shared_fewclue, tmp_path):
+    task = load_task(name)
+    dm = FewClueDataModule(task, split=split, data_dir=str(shared_fewclue), cache_dir=str(tmp_path))
+    dm.setup()
+    train_file = "train_few_all.json" if split == "all" else "train_0.json"
+    assert len(dm.train_rows) == line_count(shared_fewclue / name / train_file)
+    assert len(dm.predict_rows) == line_count(shared_fewclue / name / "test.json")
+    assert dm.test_rows is None  # ../shared has no test_public.json on purpose
+    assert all(0 <= row.label < task.num_classes for row in dm.train_rows + dm.val_rows)
+    # ids are copied from the file with their type, never line numbers
+    raw_ids = [json.loads(line).get("id", None) for line in open(shared_fewclue / name / "test.json", encoding="utf-8")]
+    assert [row.id for row in dm.predict_rows] == raw_ids
+
+
+def test_quirks_string_ids_and_idx(shared_fewclue, tmp_path):
+    tnews = FewClueDataModule(load_task("tnews"), data_dir=str(shared_fewclue), cache_dir=str(tmp_path))
+    tnews.setup()
+    assert isinstance(tnews.predict_rows[0].id, str) and tnews.predict_rows[0].id == "0"
+    assert tnews.task.label_list[tnews.train_rows[0].label] == str(json.loads(open(shared_fewclue / "tnews/train_0.json").readline())["label"])
+    wsc = FewClueDataModule(load_task("cluewsc"), data_dir=str(shared_fewclue), cache_dir=str(tmp_path))
+    wsc.setup()
+    first_train = json.loads(open(shared_fewclue / "cluewsc/train_0.json").readline())
+    assert wsc.train_rows[0].id == first_train["idx"]
+    assert wsc.train_rows[0].fields["span1"] == first_train["target"]["span1_text"]
+    chid = FewClueDataModule(load_task("chid"), data_dir=str(shared_fewclue), cache_dir=str(tmp_path))
+    chid.setup()
+    row = chid.train_rows[0]
+    assert row.fields["left"] + "#idiom#" + row.fields["right"] == json.loads(open(shared_fewclue / "chid/train_0.json").readline())["content"]
+
+
+@pytest.fixture
+def eprstmt_copy(shared_fewclue, tmp_path):
+    target = tmp_path / "data" / "eprstmt"
+    shutil.copytree(shared_fewclue / "eprstmt", target)
+    return target
+
+
+def corrupt_line(path, line_number: int, new_text: str) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[line_number - 1] = new_text
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_malformed_json_names_file_and_line(eprstmt_copy):
+    path = eprstmt_copy / "train_0.json"
+    corrupt_line(path, 7, '{"id": 6, "sentence": "坏掉的行", "label": "Positive"')
+    with pytest.raises(DataError, match=rf"{path}:7: malformed JSON"):
+        read_rows(load_task("eprstmt"), path, labelled=True)
+
+
+def test_missing_field_names_file_line_and_field(eprstmt_copy):
+    path = eprstmt_copy / "train_0.json"
+    row = json.loads(path.read_text(encoding="utf-8").splitlines()[2])
+    row["sentense"] = row.pop("sentence")
+    corrupt_line(path, 3, json.dumps(row, ensure_ascii=False))
+    with pytest.raises(DataError, match=rf"{path}:3: missing field 'sentence'"):
+        read_rows(load_task("eprstmt"), path, labelled=True)
+
+
+def test_unknown_label_names_label_and_allowed_set(eprstmt_copy):
+    path = eprstmt_copy / "train_0.json"
+    row = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    row["label"] = "Neutral"
+    corrupt_line(path, 1, json.dumps(row, ensure_ascii=False))
+    with pytest.raises(DataError) as err:
+        read_rows(load_task("eprstmt"), path, labelled=True)
+    assert f"{path}:1: field 'label': unknown label 'Neutral'" in str(err.value)
+    assert "allowed: ['Negative', 'Positive']" in str(err.value)
+
+
+def test_empty_file_is_an_error(eprstmt_copy):
+    path = eprstmt_copy / "train_0.json"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}: the file has no rows"):
+        read_rows(load_task("eprstmt"), path, labelled=True)
+
+
+def test_every_bad_line_is_reported_not_just_the_first(eprstmt_copy):
+    path = eprstmt_copy / "train_0.json"
+    corrupt_line(path, 2, "{broken")
+    corrupt_line(path, 5, "{broken")
+    with pytest.raises(DataError) as err:
+        read_rows(load_task("eprstmt"), path, labelled=True)
+    assert f"{path}:2:" in str(err.value) and f"{path}:5:" in str(err.value)
+
+
+def test_bad_split_name_lists_allowed_values():
+    with pytest.raises(DataError, match="allowed: 0, 1, 2, 3, 4, all"):
+        FewClueDataModule(load_task("eprstmt"), split="5")
