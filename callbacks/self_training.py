@@ -1,0 +1,124 @@
+"""Self-training: pseudo-label unlabeled.json with the current model and keep training on it.
+
+Every ``epochs_per_round`` epochs (``rounds`` times) the callback scores the task's unlabeled rows
+with the module's ``class_log_probs``, keeps the confident ones (probability >= ``threshold``)
+class-balanced (the same number per class: the smallest class count, at most ``per_class``), and
+replaces the pseudo-labelled part of ``datamodule.train_rows``. Dataloaders are reloaded every
+epoch so the new rows are used, and the learning-rate schedule restarts over the remaining epochs.
+Logged: ``self_training/kept`` and ``self_training/confidence`` (mean probability of the kept rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from datamodules.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class SelfTraining(Callback):
+    def __init__(
+        self,
+        rounds: int = 0,
+        epochs_per_round: int = 5,
+        threshold: float = 0.9,
+        per_class: int = 64,
+        max_unlabeled: int | None = 2000,
+        batch_size: int = 64,
+    ) -> None:
+        if rounds < 0 or epochs_per_round < 1:
+            raise ConfigError(f"self_training.rounds={rounds}, epochs_per_round={epochs_per_round}; need rounds >= 0, epochs_per_round >= 1")
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"self_training.threshold={threshold}; allowed: 0..1")
+        self.rounds = rounds
+        self.epochs_per_round = epochs_per_round
+        self.threshold = threshold
+        self.per_class = per_class
+        self.max_unlabeled = max_unlabeled
+        self.batch_size = batch_size
+        self.unlabeled: list = []
+        self.labelled: list = []
+        self.history: list[dict] = []
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.rounds == 0:
+            return
+        datamodule = trainer.datamodule
+        rows = datamodule.unlabeled_rows() if hasattr(datamodule, "unlabeled_rows") else []
+        self.unlabeled = rows[: self.max_unlabeled] if self.max_unlabeled else list(rows)
+        if not self.unlabeled:
+            log.warning("task %s has no unlabeled data; self-training skipped", pl_module.task.name)
+            print(f"task {pl_module.task.name} has no unlabeled data; self-training skipped")
+            self._record(pl_module, {"skipped": "no unlabeled data"})
+            return
+        self.labelled = list(datamodule.train_rows)
+        trainer.reload_dataloaders_every_n_epochs = 1
+        log.info("self-training: %d rounds over %d unlabeled rows", self.rounds, len(self.unlabeled))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        done = len([h for h in self.history if "round" in h])
+        if not self.unlabeled or done >= self.rounds or (trainer.current_epoch + 1) % self.epochs_per_round:
+            return
+        if trainer.current_epoch + 1 >= trainer.max_epochs:
+            return  # no epoch left to train on new pseudo-labels
+        probs = self.score(pl_module)
+        kept, confidence = select_balanced(probs, self.threshold, self.per_class)
+        pseudo = [replace(self.unlabeled[i], label=c) for i, c in kept]
+        trainer.datamodule.train_rows = self.labelled + pseudo
+        self._restart_schedule(trainer, pl_module, len(self.labelled) + len(pseudo))
+        mean_confidence = float(confidence.mean()) if len(kept) else 0.0
+        pl_module.log("self_training/kept", float(len(kept)))
+        pl_module.log("self_training/confidence", mean_confidence)
+        entry = {"round": done + 1, "epoch": trainer.current_epoch, "scored": len(self.unlabeled), "kept": len(kept),
+                 "confidence": round(mean_confidence, 4)}
+        log.info("self-training round %d: kept %d of %d unlabeled rows (mean confidence %.3f)",
+                 done + 1, len(kept), len(self.unlabeled), mean_confidence)
+        self._record(pl_module, entry)
+
+    @torch.no_grad()
+    def score(self, pl_module: LightningModule) -> torch.Tensor:
+        """Class probabilities [N, C] of the unlabeled rows under the current weights."""
+        was_training = pl_module.training
+        pl_module.eval()
+        out = []
+        for start in range(0, len(self.unlabeled), self.batch_size):
+            batch = pl_module.collate(self.unlabeled[start : start + self.batch_size])
+            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+            out.append(pl_module.class_log_probs(batch).exp().float().cpu())
+        pl_module.train(was_training)
+        return torch.cat(out)
+
+    def _restart_schedule(self, trainer: Trainer, pl_module: LightningModule, rows: int) -> None:
+        factory = getattr(pl_module, "scheduler_factory", None)
+        if not trainer.lr_scheduler_configs or factory is None:
+            return
+        batch_size = getattr(trainer.datamodule, "batch_size", 16)
+        per_epoch = math.ceil(rows / batch_size / max(1, trainer.accumulate_grad_batches))
+        remaining = per_epoch * (trainer.max_epochs - trainer.current_epoch - 1)
+        trainer.lr_scheduler_configs[0].scheduler = factory(trainer.optimizers[0], total_steps=max(1, remaining))
+
+    def _record(self, pl_module: LightningModule, entry: dict) -> None:
+        self.history.append(entry)
+        extra = getattr(pl_module, "results_extra", None)
+        if isinstance(extra, dict):
+            extra["self_training"] = list(self.history)
+
+
+def select_balanced(probs: torch.Tensor, threshold: float, per_class: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """(row, class) pairs: per predicted class, the most confident rows at or above ``threshold``,
+    the same number for every class (the smallest count, at most ``per_class``). Also their confidences."""
+    confidence, predicted = probs.max(-1)
+    ranked = []
+    for c in range(probs.shape[1]):
+        rows = ((predicted == c) & (confidence >= threshold)).nonzero().flatten()
+        ranked.append(rows[confidence[rows].argsort(descending=True)])
+    keep = min(per_class, *(len(r) for r in ranked))
+    kept = [(int(i), c) for c, rows in enumerate(ranked) for i in rows[:keep]]
+    values = torch.tensor([float(confidence[i]) for i, _ in kept])
+    return kept, values
