@@ -22,3 +22,16 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
     )
+
+
+class FailAfterFirstStep:
+    """A callback that breaks training after one step, to test what a failed run leaves behind."""
+
+    def __new__(cls):
+        from lightning.pytorch.callbacks import Callback
+
+        class _Fail(Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                raise RuntimeError("boom: simulated failure after the first step")
+
+        return _Fail()

@@ -90,3 +90,15 @@ def test_wandb_logger_runs_offline_without_account(tmp_path, shared_fewclue):
     offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
     assert list(offline_runs[0].glob("*.wandb"))
+
+
+def test_wandb_run_is_finished_even_when_training_fails(make_config, tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = make_config(["logger=wandb", "trainer.max_steps=5", "+callbacks.fail._target_=tests.helpers.FailAfterFirstStep"])
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg)
+    assert wandb.run is None  # finished (with exit code 1), not left open
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/*.wandb"))
