@@ -104,7 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     failed = True
     try:
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         best, val_acc = selected_checkpoint(trainer, module, datamodule)
         test_acc = None
         if getattr(datamodule, "has_test_labels", False):

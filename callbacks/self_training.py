@@ -69,6 +69,9 @@ class SelfTraining(Callback):
             return  # no epoch left to train on new pseudo-labels
         probs = self.score(pl_module)
         kept, confidence = select_balanced(probs, self.threshold, self.per_class)
+        if not kept:
+            log.warning("self-training round %d: some class has no prediction with confidence >= %.2f; "
+                        "no pseudo-label kept (class-balanced)", done + 1, self.threshold)
         pseudo = [replace(self.unlabeled[i], label=c) for i, c in kept]
         trainer.datamodule.train_rows = self.labelled + pseudo
         self._restart_schedule(trainer, pl_module, len(self.labelled) + len(pseudo))

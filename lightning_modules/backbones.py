@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, PreTrainedModel
 
+from datamodules.errors import ConfigError
 from lightning_modules.char_vocab import char_tokenizer
 
 
@@ -40,7 +41,7 @@ class TinyBert:
         self.cache_dir = cache_dir
         self.vocab_min_count = vocab_min_count
         self.activation_checkpointing = activation_checkpointing
-        self.attn_implementation = attn_implementation
+        self.attn_implementation = _check_attn(attn_implementation)
         self.compile = compile
         self.pretrained = None
 
@@ -61,7 +62,7 @@ class TinyBert:
         )
         config._attn_implementation = self.attn_implementation
         model = BertForMaskedLM(config)
-        return _finish(model, self.activation_checkpointing)
+        return _finish(model, self.activation_checkpointing, self.compile)
 
 
 class PretrainedMLM:
@@ -78,7 +79,7 @@ class PretrainedMLM:
         self.pretrained = pretrained
         self.dropout = dropout
         self.activation_checkpointing = activation_checkpointing
-        self.attn_implementation = attn_implementation
+        self.attn_implementation = _check_attn(attn_implementation)
         self.compile = compile
 
     def tokenizer(self, texts: Iterable[str] = ()):
@@ -92,10 +93,41 @@ class PretrainedMLM:
         model = AutoModelForMaskedLM.from_pretrained(
             self.pretrained, dtype=torch.float32, attn_implementation=self.attn_implementation, **overrides
         )
-        return _finish(model, self.activation_checkpointing)
+        return _finish(model, self.activation_checkpointing, self.compile)
 
 
-def _finish(model: PreTrainedModel, activation_checkpointing: bool) -> PreTrainedModel:
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def _check_attn(name: str) -> str:
+    """sdpa: torch's scaled_dot_product_attention (fused kernels: flash / memory-efficient on GPU); eager: matmuls."""
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"model.attn_implementation={name!r}; allowed: {list(ATTN_IMPLEMENTATIONS)}")
+    return name
+
+
+def _finish(model: PreTrainedModel, activation_checkpointing: bool, compile: bool = False) -> PreTrainedModel:
+    """The memory and speed switches of ``conf/model``.
+
+    activation_checkpointing: each transformer layer keeps only its input and recomputes its
+      activations during backward (non-reentrant ``torch.utils.checkpoint``, per layer).
+    compile: ``torch.compile`` on each transformer layer (in place, ``nn.Module.compile``); layers
+      rather than the whole model so the other parts (embeddings, heads, ZeRO hooks) stay eager and
+      a new padded length recompiles one small graph.
+    """
+    model.train()  # from_pretrained returns eval mode, and Lightning keeps modules' modes: dropout would be off
     if activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if compile:
+        for layer in transformer_layers(model):
+            layer.compile()
     return model
+
+
+def transformer_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The repeated blocks of a Hugging Face encoder (``encoder.layer`` for BERT-like models)."""
+    encoder = getattr(model.base_model, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise ConfigError(f"model.compile=true: cannot find the transformer layers of {type(model).__name__}")
+    return list(layers)

@@ -18,6 +18,12 @@ checkpoint's shards instead (DeepSpeed's ``zero_to_fp32``) and load them layer b
 Lightning's own ``load_full_weights=True`` path does. Fitting from a checkpoint (resume) keeps
 DeepSpeed's sharded load with optimizer states.
 
+And one for gradient accumulation, also on every device: Lightning divides the loss by
+``accumulate_grad_batches`` before backward and DeepSpeed's ``engine.backward`` divides it again
+(``scale_wrt_gas=True``), so accumulated gradients came out ``accumulate_grad_batches`` times too
+small (tests/test_accumulation.py measured it: 1/4 of the large-batch update with 4 micro-batches).
+``backward`` passes ``scale_wrt_gas=False``.
+
 With ZeRO-Offload DeepSpeed insists on its own CPU optimizer: a ``torch.optim.Adam``/``AdamW`` built by
 ``configure_optimizers`` is rebuilt as ``DeepSpeedCPUAdam`` on the same parameter groups (so the
 learning-rate scheduler keeps driving it). DeepSpeedCPUAdam compiles a C++ extension on first use
@@ -31,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.strategies.deepspeed import _validate_checkpoint_directory
+from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeedStrategy
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from lightning.fabric.strategies.deepspeed import _validate_checkpoint_directory
-from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.nn import Module
 from torch.optim import Optimizer
 
@@ -112,6 +118,12 @@ class CPUCapableDeepSpeedStrategy(LightningDeepSpeedStrategy):
             model_parameters=[],
             dist_init_required=False,
         )
+
+    # -- gradient accumulation ---------------------------------------------------------------
+    def backward(self, closure_loss, optimizer, *args: Any, **kwargs: Any):
+        # Lightning already divided the loss by accumulate_grad_batches: DeepSpeed must not divide again.
+        kwargs.setdefault("scale_wrt_gas", False)
+        return super().backward(closure_loss, optimizer, *args, **kwargs)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
@@ -194,12 +206,13 @@ def consolidated_checkpoint(checkpoint_dir: str | Path, weights: bool = True) ->
     ``zero_to_fp32``; the rest is the client state Lightning saved (epoch, step, callbacks, hparams).
     ``weights=False`` skips the gathering (ranks other than 0 need only the client state).
     """
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint, get_model_state_file
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tag_dir = Path(checkpoint_dir) / (Path(checkpoint_dir) / "latest").read_text().strip()
-    optim_file = next(tag_dir.glob("*optim_states.pt"))
-    zero_stage = torch.load(optim_file, map_location="cpu", weights_only=False)["optimizer_state_dict"]["zero_stage"]
-    client = torch.load(get_model_state_file(str(tag_dir), zero_stage), map_location="cpu", weights_only=False)
+    # rank 0's model-states file carries the client state: named mp_rank_00_* (ZeRO 1/2) or zero_pp_rank_0_* (ZeRO 3)
+    model_file = next(p for p in (tag_dir / "mp_rank_00_model_states.pt",
+                                  tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt") if p.is_file())
+    client = torch.load(model_file, map_location="cpu", weights_only=False)
     checkpoint = {key: value for key, value in client.items() if key not in DEEPSPEED_STATES}
     checkpoint["state_dict"] = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir)) if weights else {}
     return checkpoint

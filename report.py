@@ -1,0 +1,249 @@
+"""Aggregate a sweep's results.json files into the FewCLUE table; optionally zip leaderboard files.
+
+    python report.py SWEEP_DIR            # table on stdout + SWEEP_DIR/report.{md,csv,png}
+    python report.py SWEEP_DIR --zip      # also SWEEP_DIR/fewclue_submission.zip (one file per task)
+
+Runs are grouped by setting: task, stage, verbalizer and the run's other overrides (read from
+its ``.hydra/overrides.yaml``; split, seed and paths are not part of a setting). Per setting:
+mean ± sample std of the accuracy over splits 0-4, the few_all (``split=all``) score, and, per
+stage/verbalizer/variant, the FewCLUE score: the unweighted mean over tasks of the split mean.
+Accuracy is ``test/acc`` (test_public.json) where every run of the table has it, else ``val/acc``
+(dev), and the table says which. Where a task was run with several label-word sets, the report
+adds the accuracy per set and the spread (max - min of the split means) across sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SPLITS = ("0", "1", "2", "3", "4")
+# Overrides that identify a run inside a setting, or only say where things are.
+NOT_A_SETTING = ("task", "data.split", "seed", "data.data_dir", "paths.", "hydra.", "keep_checkpoints",
+                 "stage", "verbalizer", "trainer.limit_predict_batches")
+
+
+@dataclass
+class Run:
+    path: Path
+    results: dict
+    variant: str
+
+    @property
+    def split(self) -> str:
+        return str(self.results.get("split"))
+
+
+@dataclass
+class Setting:
+    task: str
+    stage: str
+    verbalizer: str
+    variant: str
+    runs: list[Run] = field(default_factory=list)
+
+    def scores(self, metric: str, splits=SPLITS) -> list[float]:
+        return [r.results[metric] for r in self.runs if r.split in splits and r.results.get(metric) is not None]
+
+    def mean_std(self, metric: str) -> tuple[float | None, float | None, int]:
+        values = self.scores(metric)
+        if not values:
+            return None, None, 0
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+    def few_all(self, metric: str) -> float | None:
+        values = self.scores(metric, ("all",))
+        return statistics.fmean(values) if values else None
+
+
+def _overrides(run_dir: Path) -> dict[str, str]:
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        return {}
+    overrides = {}
+    for item in yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []:
+        key, _, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if not key.startswith(NOT_A_SETTING):
+            overrides[key] = value
+    return overrides
+
+
+def collect(sweep_dir: Path) -> list[Run]:
+    """Every results.json below ``sweep_dir``; a run's variant is the overrides that vary between runs."""
+    found = []
+    for path in sorted(sweep_dir.rglob("results.json")):
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"error: {path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        found.append((path.parent, results, _overrides(path.parent)))
+    keys = {k for _, _, o in found for k in o}
+    varying = sorted(k for k in keys if len({o.get(k) for _, _, o in found}) > 1)
+    return [Run(d, r, " ".join(f"{k}={o[k]}" for k in varying if k in o)) for d, r, o in found]
+
+
+def group(runs: list[Run]) -> list[Setting]:
+    settings: dict[tuple, Setting] = {}
+    for run in runs:
+        r = run.results
+        key = (r.get("task"), r.get("stage"), r.get("verbalizer") or "-", run.variant)
+        settings.setdefault(key, Setting(*key)).runs.append(run)
+    return sorted(settings.values(), key=lambda s: (s.task, s.stage, s.verbalizer, s.variant))
+
+
+def pick_metric(settings: list[Setting]) -> str:
+    runs = [r for s in settings for r in s.runs]
+    return "test/acc" if runs and all(r.results.get("test/acc") is not None for r in runs) else "val/acc"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def table_rows(settings: list[Setting], metric: str) -> list[dict]:
+    rows = []
+    for s in settings:
+        mean, std, n = s.mean_std(metric)
+        rows.append({
+            "task": s.task, "stage": s.stage, "verbalizer": s.verbalizer, "variant": s.variant or "-",
+            "splits": n, "mean": mean, "std": std, "few_all": s.few_all(metric),
+        })
+    return rows
+
+
+def fewclue_scores(rows: list[dict]) -> list[dict]:
+    """Per (stage, verbalizer, variant): the unweighted mean over tasks of the split means."""
+    by_setting: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        if row["mean"] is not None:
+            by_setting[(row["stage"], row["verbalizer"], row["variant"])][row["task"]] = row["mean"]
+    return [
+        {"stage": k[0], "verbalizer": k[1], "variant": k[2], "tasks": len(v), "score": statistics.fmean(v.values())}
+        for k, v in sorted(by_setting.items())
+    ]
+
+
+def verbalizer_spread(rows: list[dict]) -> list[dict]:
+    """Per (task, stage, variant) run with several label-word sets: accuracy per set and max - min."""
+    by_task: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        if row["mean"] is not None and row["verbalizer"] != "-":
+            by_task[(row["task"], row["stage"], row["variant"])][row["verbalizer"]] = row["mean"]
+    out = []
+    for (task, stage, variant), per_set in sorted(by_task.items()):
+        if len(per_set) > 1:
+            values = list(per_set.values())
+            out.append({"task": task, "stage": stage, "variant": variant, "per_set": per_set,
+                        "spread": max(values) - min(values), "std": statistics.pstdev(values)})
+    return out
+
+
+def markdown(rows: list[dict], scores: list[dict], spreads: list[dict], metric: str) -> str:
+    name = "test_public accuracy" if metric == "test/acc" else "dev accuracy"
+    lines = [f"Accuracy (%): {name}, mean ± sample std over splits 0-4; few_all = split `all`.", "",
+             "| task | stage | verbalizer | variant | splits | mean ± std | few_all |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cell = "-" if r["mean"] is None else f"{_fmt(r['mean'])} ± {_fmt(r['std'])}"
+        lines.append(f"| {r['task']} | {r['stage']} | {r['verbalizer']} | {r['variant']} | {r['splits']} | {cell} | {_fmt(r['few_all'])} |")
+    lines += ["", "FewCLUE score (unweighted mean over tasks of the split means):", "",
+              "| stage | verbalizer | variant | tasks | score |", "|---|---|---|---|---|"]
+    lines += [f"| {s['stage']} | {s['verbalizer']} | {s['variant']} | {s['tasks']} | {_fmt(s['score'])} |" for s in scores]
+    if spreads:
+        lines += ["", "Label-word sets (split mean per set; spread = max - min):", "",
+                  "| task | stage | variant | per set | spread | std over sets |", "|---|---|---|---|---|---|"]
+        for s in spreads:
+            per_set = ", ".join(f"{k} {_fmt(v)}" for k, v in s["per_set"].items())
+            lines.append(f"| {s['task']} | {s['stage']} | {s['variant']} | {per_set} | {_fmt(s['spread'])} | {_fmt(s['std'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows: list[dict], path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r["mean"] is not None]
+    labels = [f"{r['task']}\n{r['verbalizer']}" + (f"\n{r['variant']}" if r["variant"] != "-" else "") for r in shown]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(shown) + 1), 4))
+    x = range(len(shown))
+    ax.bar(x, [100 * r["mean"] for r in shown], yerr=[100 * r["std"] for r in shown], capsize=4, color="#4c72b0")
+    few = [(i, 100 * r["few_all"]) for i, r in enumerate(shown) if r["few_all"] is not None]
+    if few:
+        ax.scatter([i for i, _ in few], [v for _, v in few], color="#dd8452", zorder=3, label="few_all")
+        ax.legend()
+    ax.set_xticks(list(x), labels, fontsize=7)
+    ax.set_ylabel(f"{metric} (%), mean ± std over splits 0-4")
+    ax.set_ylim(0, 100)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def submission_zip(runs: list[Run], path: Path) -> list[str]:
+    """One leaderboard file per task: the few_all run if there is one, else the best val/acc run."""
+    chosen: dict[str, Run] = {}
+    for run in runs:
+        prediction = run.results.get("predictions")
+        if not prediction or not Path(prediction).is_file():
+            continue
+        task, current = run.results.get("task"), chosen.get(run.results.get("task"))
+        rank = (run.split == "all", run.results.get("val/acc") or 0.0)
+        if current is None or rank > (current.split == "all", current.results.get("val/acc") or 0.0):
+            chosen[task] = run
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for task, run in sorted(chosen.items()):
+            prediction = Path(run.results["predictions"])
+            archive.write(prediction, arcname=prediction.name)
+    return [Path(chosen[t].results["predictions"]).name for t in sorted(chosen)]
+
+
+def report(sweep_dir: Path, make_zip: bool = False) -> str:
+    runs = collect(sweep_dir)
+    if not runs:
+        raise SystemExit(f"error: no results.json under {sweep_dir}")
+    settings = group(runs)
+    metric = pick_metric(settings)
+    rows = table_rows(settings, metric)
+    text = markdown(rows, fewclue_scores(rows), verbalizer_spread(rows), metric)
+    (sweep_dir / "report.md").write_text(text, encoding="utf-8")
+    write_csv(rows, sweep_dir / "report.csv")
+    plot(rows, sweep_dir / "report.png", metric)
+    if make_zip:
+        names = submission_zip(runs, sweep_dir / "fewclue_submission.zip")
+        text += f"\nfewclue_submission.zip: {len(names)} file(s): {', '.join(names)}\n"
+        if len(names) < 9:
+            text += "warning: a FewCLUE submission needs the 9 task files\n"
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a directory holding results.json files (a multirun sweep)")
+    parser.add_argument("--zip", action="store_true", help="zip one leaderboard file per task for submission")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        raise SystemExit(f"error: {args.sweep_dir} is not a directory")
+    print(report(args.sweep_dir, args.zip), end="")
+    print(f"written: {args.sweep_dir / 'report.md'}, report.csv, report.png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The Fuzzy-PET stage: scoring and loss against hand computations, every task end to end, self-training."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from callbacks.self_training import select_balanced
+from datamodules.errors import ConfigError
+from datamodules.fewclue_rows import read_rows
+from tests.conftest import TASKS
+from tests.helpers import read_jsonl
+from tests.test_train_finetune import OFFICIAL_LABELS
+from train import build, train, vocabulary_texts
+
+
+def _module(make_config, overrides: list[str]):
+    cfg = make_config(["stage=fuzzy_pet", *overrides])
+    task = instantiate(cfg.task, _convert_="all")
+    datamodule = build(cfg.data, task=task)
+    datamodule.setup("fit")
+    backbone = instantiate(cfg.model)
+    tokenizer = backbone.tokenizer(vocabulary_texts(datamodule, task))
+    module = build(cfg.stage, masked_lm=backbone.masked_lm(tokenizer), task=task, tokenizer=tokenizer)
+    return module.eval(), datamodule
+
+
+def test_fuzzy_training_loss_is_the_mean_over_sets_and_evaluation_pools_every_word(make_config):
+    torch.manual_seed(0)
+    module, datamodule = _module(make_config, ["task=ocnli"])  # ocnli's words have 1 and 2 characters
+    assert module.lengths == [1, 2] and module.set_names == ["v1", "v2", "v3"]
+    rows = datamodule.train_rows[:4]
+    batch = module.collate(rows)
+    labels = batch["labels"]
+    # Scores by hand: each word on the pattern with as many masks as it has characters.
+    by_word = {}
+    for n in module.lengths:
+        logp = F.log_softmax(module(**batch["patterns"][n]), -1)  # [B, n, V]
+        for i in module.words.group(n):
+            word = module.words.words[i]
+            by_word[i] = sum(logp[:, k, t] for k, t in enumerate(word.token_ids))
+
+    def class_probs(indices):
+        classes = [module.words.words[i].class_index for i in indices]
+        sums = torch.stack([sum(by_word[i].exp() for i, c in zip(indices, classes) if c == k) for k in range(3)], -1)
+        return sums / sums.sum(-1, keepdim=True)
+
+    with torch.no_grad():
+        per_set = [
+            F.nll_loss(class_probs([i for i, w in enumerate(module.words.words) if w.set_name == s]).log(), labels)
+            for s in ("v1", "v2", "v3")
+        ]
+        assert module.training_loss(batch).item() == pytest.approx(torch.stack(per_set).mean().item(), abs=1e-5)
+        pooled = class_probs(list(range(len(module.words.words))))
+        assert module.class_log_probs(batch).exp() == pytest.approx(pooled, abs=1e-5)
+
+
+def test_verbalizer_v1_scores_only_v1_words(make_config):
+    module, datamodule = _module(make_config, ["task=ocnli", "verbalizer=v1"])
+    assert module.set_names == ["v1"] and module.lengths == [2]
+    assert [module.words.words[i].text for i in module.word_index] == ["是的", "可能", "不是"]
+    batch = module.collate(datamodule.val_rows[:3])
+    with torch.no_grad():
+        lp = F.log_softmax(module(**batch["patterns"][2]), -1)
+        ids = module.group_ids[2]
+        words = torch.stack([lp[:, 0, a] + lp[:, 1, b] for a, b in ids.tolist()], -1)
+        assert module.class_log_probs(batch) == pytest.approx(F.log_softmax(words, -1), abs=1e-5)
+        assert module.training_loss(batch).item() == pytest.approx(F.nll_loss(F.log_softmax(words, -1), batch["labels"]).item(), abs=1e-5)
+
+
+def test_chid_scores_its_seven_candidates_on_four_masks(make_config):
+    module, datamodule = _module(make_config, ["task=chid"])
+    rows = datamodule.train_rows[:2]
+    batch = module.collate(rows)
+    (n,) = batch["patterns"]
+    assert n == 4 and batch["candidate_ids"].shape == (2, 7, 4)
+    ids = batch["patterns"][4]["input_ids"]
+    positions = batch["patterns"][4]["mask_positions"]
+    assert (ids.gather(1, positions) == module.tokenizer.mask_token_id).all()
+    with torch.no_grad():
+        assert module.class_log_probs(batch).shape == (2, 7)
+    lines = module.filled_examples(rows[0])
+    assert len(lines) == 7 and rows[0].fields["candidates"][0] in lines[0]
+
+
+def test_cluewsc_pattern_is_built_from_the_spans_and_debug_shows_one_pattern_per_class(make_config, caplog):
+    module, datamodule = _module(make_config, ["task=cluewsc", "stage.debug=true"])
+    row = datamodule.train_rows[0]
+    lines = module.filled_examples(row)
+    span1, span2 = row.fields["span1"], row.fields["span2"]
+    assert lines == [
+        f"false: {row.fields['text']}这里的“{span2}”不是“{span1}”。",
+        f"true: {row.fields['text']}这里的“{span2}”就是“{span1}”。",
+    ]
+
+
+def test_bad_stage_settings_name_the_key(make_config):
+    with pytest.raises(ConfigError, match=r"stage.pattern=5; allowed: 0..1"):
+        _module(make_config, ["task=eprstmt", "stage.pattern=5"])
+    with pytest.raises(ConfigError, match=r"stage.aggregation='max'"):
+        _module(make_config, ["task=eprstmt", "stage.aggregation=max"])
+
+
+def test_select_balanced_keeps_the_same_number_per_class_above_the_threshold():
+    probs = torch.tensor([[0.95, 0.05], [0.99, 0.01], [0.2, 0.8], [0.08, 0.92], [0.91, 0.09], [0.6, 0.4]])
+    kept, confidence = select_balanced(probs, threshold=0.9, per_class=10)
+    # class 0 has 3 confident rows (1, 0, 4), class 1 only row 3: one per class, the most confident.
+    assert kept == [(1, 0), (3, 1)]
+    assert confidence.tolist() == pytest.approx([0.99, 0.92])
+    assert select_balanced(probs, 0.99, 10)[0] == []
+
+
+# csldcp (67 classes, words of 2-6 characters: 5 passes) and iflytek (119 classes) predict 3000
+# long rows: minutes on 2 CPU cores, so they run with -m slow.
+SLOW_TASKS = ("csldcp", "iflytek")
+
+
+@pytest.mark.parametrize("task", [pytest.param(t, marks=pytest.mark.slow) if t in SLOW_TASKS else t for t in TASKS])
+def test_each_task_trains_tests_on_test_public_and_writes_its_leaderboard_file(
+    task, make_config, fewclue_with_test_public, shared_fewclue
+):
+    cfg = make_config(
+        ["stage=fuzzy_pet", f"task={task}", "trainer.max_steps=3", "data.batch_size=4", "data.eval_batch_size=128",
+         "stage.max_length=96"],
+        fewclue_with_test_public,
+    )
+    results = train(cfg)
+    assert results["test/acc"] is not None and 0.0 <= results["test/acc"] <= 1.0
+    assert results["verbalizer"] == "fuzzy" and results["stage"] == "fuzzy_pet"
+    rows = read_jsonl(results["predictions"])
+    assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(shared_fewclue / task / "test.json")]
+    if task == "chid":
+        assert all(set(r) == {"id", "answer"} and r["answer"] in range(7) for r in rows)
+    elif task == "csldcp":
+        names = {line.strip() for line in open(shared_fewclue / "csldcp/labels_all.txt", encoding="utf-8")}
+        assert {r["label"] for r in rows} <= names
+    else:
+        assert {r["label"] for r in rows} <= OFFICIAL_LABELS[task]
+
+
+def test_self_training_keeps_pseudo_labels_and_reports_them(make_config):
+    cfg = make_config([
+        "stage=fuzzy_pet", "task=eprstmt", "trainer.max_epochs=2", "data.batch_size=16", "trainer.limit_predict_batches=1",
+        "self_training.rounds=1", "self_training.epochs_per_round=1", "self_training.max_unlabeled=64",
+        "self_training.threshold=0.0", "self_training.per_class=8",
+    ])
+    results = train(cfg)
+    (entry,) = results["self_training"]
+    assert entry["round"] == 1 and entry["scored"] == 64
+    # Class-balanced: the same number per class (binary task), at most 8 each; a class the tiny
+    # model never predicts leaves none.
+    assert entry["kept"] in (0, 2, 4, 6, 8, 10, 12, 14, 16)
+    assert entry["kept"] == 0 or 0.5 <= entry["confidence"] <= 1.0
+    # epoch 1: 32 rows in batches of 16; epoch 2: 32 + the pseudo-labelled rows.
+    assert results["global_step"] == 2 + math.ceil((32 + entry["kept"]) / 16)
+
+
+def test_task_without_unlabeled_data_says_so_and_skips(make_config, caplog, capsys):
+    cfg = make_config(["stage=fuzzy_pet", "task=ocnli", "trainer.max_steps=2", "trainer.limit_predict_batches=1",
+                       "self_training.rounds=2"])
+    with caplog.at_level(logging.WARNING):
+        results = train(cfg)
+    assert "task ocnli has no unlabeled data; self-training skipped" in capsys.readouterr().out
+    assert results["self_training"] == [{"skipped": "no unlabeled data"}]
+
+
+def test_auxiliary_mlm_loss_is_weighted_into_the_training_loss(make_config):
+    import random
+
+    module, datamodule = _module(make_config, ["task=eprstmt", "stage.mlm_weight=0.25"])
+    module.unlabeled_texts = [r.fields["sentence"] for r in read_rows(module.task, datamodule.unlabeled_path, False)[:20]]
+    batch = module.collate(datamodule.train_rows[:4])
+    with torch.no_grad():
+        random.seed(0), torch.manual_seed(1)
+        total = module.training_loss(batch)
+        random.seed(0), torch.manual_seed(1)
+        mlm = module.mlm_loss(random.sample(module.unlabeled_texts, 8))
+        module.mlm_weight = 0.0
+        cloze = module.training_loss(batch)
+    assert mlm.item() > 0 and cloze.item() > 0
+    assert total.item() == pytest.approx(0.75 * cloze.item() + 0.25 * mlm.item(), abs=1e-5)

@@ -1,0 +1,98 @@
+"""report.py: the FewCLUE table from results.json files, the submission zip, and sweeps through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from report import report
+from tests.helpers import ROOT, read_jsonl, run_cli
+
+
+def _run(root: Path, name: str, task: str, split: str, acc: float, verbalizer: str = "fuzzy", overrides=()):
+    run_dir = root / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump([f"task={task}", f"data.split={split}", f"verbalizer={verbalizer}", *overrides])
+    )
+    prediction = run_dir / "predictions" / f"{task}_predict.json"
+    prediction.parent.mkdir()
+    prediction.write_text(json.dumps({"id": 0, "label": split}) + "\n")
+    results = {"stage": "fuzzy_pet", "task": task, "split": split, "val/acc": acc, "test/acc": None,
+               "verbalizer": verbalizer, "predictions": str(prediction)}
+    (run_dir / "results.json").write_text(json.dumps(results))
+
+
+def test_report_numbers_by_hand(tmp_path):
+    eprstmt = [0.75, 0.8, 0.7, 0.85, 0.9]
+    for i, acc in enumerate(eprstmt):
+        _run(tmp_path, f"e{i}", "eprstmt", str(i), acc)
+    _run(tmp_path, "eall", "eprstmt", "all", 0.88)
+    for i, acc in enumerate([0.4, 0.5, 0.6, 0.5, 0.5]):
+        _run(tmp_path, f"o{i}", "ocnli", str(i), acc)
+        _run(tmp_path, f"ov1{i}", "ocnli", str(i), acc - 0.1, verbalizer="v1")
+        _run(tmp_path, f"ost{i}", "ocnli", str(i), acc + 0.05, overrides=["self_training.rounds=1"])
+    text = report(tmp_path, make_zip=True)
+    mean, std = statistics.fmean(eprstmt), statistics.stdev(eprstmt)
+    assert f"| eprstmt | fuzzy_pet | fuzzy | - | 5 | {100 * mean:.2f} ± {100 * std:.2f} | 88.00 |" in text
+    assert "| ocnli | fuzzy_pet | fuzzy | self_training.rounds=1 | 5 | 55.00 ± 7.07 | - |" in text
+    # FewCLUE score: unweighted mean over tasks of the split means, per setting.
+    assert f"| fuzzy_pet | fuzzy | - | 2 | {100 * (mean + 0.5) / 2:.2f} |" in text
+    # Label-word sets: per-set accuracy and the spread across sets.
+    assert "| ocnli | fuzzy_pet | - | fuzzy 50.00, v1 40.00 | 10.00 | 5.00 |" in text
+    for name in ("report.md", "report.csv", "report.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # The zip takes the few_all run of eprstmt and the best dev run of ocnli.
+    with zipfile.ZipFile(tmp_path / "fewclue_submission.zip") as archive:
+        assert sorted(archive.namelist()) == ["eprstmt_predict.json", "ocnli_predict.json"]
+        assert json.loads(archive.read("eprstmt_predict.json"))["label"] == "all"
+    assert "a FewCLUE submission needs the 9 task files" in text
+
+
+def test_report_of_an_empty_directory_is_a_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "report.py"), str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.strip() == f"error: no results.json under {tmp_path}"
+
+
+TINY = ["stage=fuzzy_pet", "trainer.max_steps=2", "data.batch_size=8", "trainer.limit_val_batches=1",
+        "trainer.limit_predict_batches=1", "keep_checkpoints=false", "callbacks.progress_bar.refresh_rate=0"]
+
+
+def test_split_sweep_through_the_cli_and_report(tmp_path, shared_fewclue):
+    sweep = tmp_path / "sweep"
+    done = run_cli(["-m", *TINY, "task=eprstmt", "data.split=0,1,2,3,4,all", f"data.data_dir={shared_fewclue}",
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted(sweep.rglob("results.json"))]
+    assert sorted(r["split"] for r in results) == ["0", "1", "2", "3", "4", "all"]
+    printed = subprocess.run([sys.executable, str(ROOT / "report.py"), str(sweep)], capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    scores = [r["val/acc"] for r in results if r["split"] != "all"]
+    few_all = next(r["val/acc"] for r in results if r["split"] == "all")
+    line = (f"| eprstmt | fuzzy_pet | fuzzy | - | 5 | {100 * statistics.fmean(scores):.2f} ± "
+            f"{100 * statistics.stdev(scores):.2f} | {100 * few_all:.2f} |")
+    assert line in printed.stdout
+    assert (sweep / "report.png").is_file() and (sweep / "report.csv").is_file()
+
+
+@pytest.mark.slow
+def test_label_word_sweep_gives_one_result_per_set(tmp_path, shared_fewclue):
+    sweep = tmp_path / "sweep"
+    done = run_cli(["-m", *TINY, "task=ocnli", "verbalizer=v1,v2,v3,fuzzy", f"data.data_dir={shared_fewclue}",
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted(sweep.rglob("results.json"))]
+    assert sorted(r["verbalizer"] for r in results) == ["fuzzy", "v1", "v2", "v3"]
+    assert {tuple(r["verbalizer_sets"]) for r in results} == {("v1",), ("v2",), ("v3",), ("v1", "v2", "v3")}
+    text = report(sweep)
+    assert "| ocnli | fuzzy_pet | - | " in text and "spread" in text
+    for r in results:
+        assert len(read_jsonl(r["predictions"])) == 64  # limit_predict_batches=1 x eval_batch_size
