@@ -33,7 +33,8 @@ class KgSource:
         for entry in entries:
             path = Path(entry)
             if path.is_dir():
-                inside = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(tuple(self.folder_suffixes)))
+                suffixes = tuple(self.folder_suffixes)
+                inside = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
                 if not inside:
                     raise DataError(f"data.kg.files: folder {path} has no file ending in {list(self.folder_suffixes)}")
                 found += inside

@@ -31,6 +31,7 @@ class TinyBert:
         activation_checkpointing: bool = False,
         attn_implementation: str = "sdpa",
         compile: bool = False,
+        pretrained: str | None = None,
     ) -> None:
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -43,12 +44,20 @@ class TinyBert:
         self.activation_checkpointing = activation_checkpointing
         self.attn_implementation = _check_attn(attn_implementation)
         self.compile = compile
-        self.pretrained = None
+        # A checkpoint (e.g. a pretraining stage's export_dir): then this is that model, not a new one.
+        self.pretrained = pretrained
+        self._loaded = (
+            PretrainedMLM(pretrained, None, activation_checkpointing, attn_implementation, compile) if pretrained else None
+        )
 
     def tokenizer(self, texts: Iterable[str]):
+        if self._loaded is not None:
+            return self._loaded.tokenizer(texts)
         return char_tokenizer(texts, self.cache_dir, self.vocab_min_count)
 
     def masked_lm(self, tokenizer) -> PreTrainedModel:
+        if self._loaded is not None:
+            return self._loaded.masked_lm(tokenizer)
         config = BertConfig(
             vocab_size=len(tokenizer),
             hidden_size=self.hidden_size,

@@ -1,0 +1,253 @@
+"""The pretraining DataModule (``data=pretrain_corpus``): corpus sentences aligned with a KG.
+
+prepare_data/setup read the corpus and the KG, align them (``datamodules.alignment``) and cache
+the result under ``cache_dir/pretrain`` keyed by the input files' names, sizes and mtimes and by
+every setting that changes it, so a second run skips the work. A seeded slice of ``val_size``
+sentences is held out for validation (masked-token accuracy). Each training draw of a sentence
+pairs it with one of its triples, fresh negative SPOs and the KG neighbours of its mentions; the
+stage's ``collate`` turns those rows into tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import pickle
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.alignment import AlignedSentence, AlignmentRules, Mention, align
+from datamodules.corpus import CorpusSource, corpus_files, read_corpus
+from datamodules.errors import DataError
+from datamodules.fewclue_download import split_files
+from datamodules.kg import KgSource, KnowledgeGraph, Triple, load_kg
+from datamodules.negatives import sample_negatives
+from datamodules.task_configs import load_task_specs
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+@dataclass
+class PretrainRow:
+    """One draw of a sentence: its mentions, one paired triple with corrupted copies, and the KG
+    neighbours of its mentioned entities. ``mask_seed`` fixes the masking (validation rows)."""
+
+    text: str
+    mentions: list[Mention]
+    triple: Triple | None
+    negatives: list[Triple]
+    neighbors: dict[str, list[tuple[str, str]]]
+    mask_seed: int | None = None
+
+
+class AlignedDataset(Dataset):
+    def __init__(
+        self,
+        sentences: list[AlignedSentence],
+        kg: KnowledgeGraph,
+        negatives: int,
+        max_entities: int,
+        max_neighbors: int,
+        seed: int,
+        fixed: bool,
+    ) -> None:
+        self.sentences = sentences
+        self.kg = kg
+        self.negatives = negatives
+        self.max_entities = max_entities
+        self.max_neighbors = max_neighbors
+        self.seed = seed
+        self.fixed = fixed
+        self._draws = 0
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    def __getitem__(self, index: int) -> PretrainRow:
+        sentence = self.sentences[index]
+        if not self.fixed:
+            self._draws += 1
+        # Integer-tuple hashes are stable across runs, so draws are reproducible under a seed.
+        rng = random.Random(hash((self.seed, index, self._draws)))
+        triple = None
+        negatives: list[Triple] = []
+        if sentence.triples:
+            triple = sentence.triples[0] if self.fixed else rng.choice(sentence.triples)
+            negatives = sample_negatives(triple, self.kg, self.negatives, rng)
+        entities = list(dict.fromkeys(name for _, _, name in sentence.mentions))[: self.max_entities]
+        neighbors = {name: self.kg.neighbors(name, self.max_neighbors) for name in entities}
+        return PretrainRow(
+            text=sentence.text,
+            mentions=list(sentence.mentions),
+            triple=triple,
+            negatives=negatives,
+            neighbors=neighbors,
+            mask_seed=hash((self.seed, index)) & 0x7FFFFFFF if self.fixed else None,
+        )
+
+
+class PretrainCorpusDataModule(LightningDataModule):
+    def __init__(
+        self,
+        task=None,
+        split: str | int = "all",
+        data_dir: str | None = None,
+        corpus: CorpusSource | None = None,
+        kg: KgSource | None = None,
+        alignment: AlignmentRules | None = None,
+        cache_dir: str = ".cache",
+        val_size: int = 512,
+        max_sentences: int | None = None,
+        negatives: int = 3,
+        max_entities: int = 8,
+        max_neighbors: int = 8,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        use_cache: bool = True,
+        collate_fn: Callable[[list[PretrainRow]], dict] | None = None,
+    ) -> None:
+        super().__init__()
+        self.task = task  # the selected task is not needed: the corpus pools every source
+        self.split = str(split)
+        # data.split picks the FewCLUE training split whose texts join the corpus, data.data_dir the
+        # FewCLUE copy (the same keys as data=fewclue; train.py records data.split).
+        corpus = corpus or CorpusSource()
+        self.corpus = dataclasses.replace(corpus, fewclue_split=self.split, fewclue_dir=data_dir or corpus.fewclue_dir)
+        self.kg_source = kg or KgSource()
+        self.rules = alignment or AlignmentRules()
+        self.cache_dir = cache_dir
+        self.val_size = val_size
+        self.max_sentences = max_sentences
+        self.negatives = negatives
+        self.max_entities = max_entities
+        self.max_neighbors = max_neighbors
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.use_cache = use_cache
+        self.collate_fn = collate_fn
+        self.kg: KnowledgeGraph | None = None
+        self.train_sentences: list[AlignedSentence] = []
+        self.val_sentences: list[AlignedSentence] = []
+        self.stats: dict[str, float] = {}
+        self.sources: dict[str, int] = {}
+
+    # -- reading and aligning --------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        """Names, sizes and mtimes of every input file plus every setting that changes the result."""
+        files = [*corpus_files(self.corpus), *self.kg_source.paths()]
+        tasks = self.corpus.fewclue_tasks
+        if self.corpus.fewclue_dir and (tasks is None or tasks):
+            train_name, _ = split_files(self.corpus.fewclue_split)
+            for task in load_task_specs(tasks, self.corpus.task_dir):
+                for name in (train_name, "unlabeled.json"):
+                    path = Path(self.corpus.fewclue_dir) / task.name / name
+                    if path.is_file():
+                        files.append(path)
+        described = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        settings = {
+            "version": CACHE_VERSION,
+            "files": described,
+            "corpus": dataclasses.asdict(self.corpus),
+            "kg": dataclasses.asdict(self.kg_source),
+            "rules": dataclasses.asdict(self.rules),
+            "val_size": self.val_size,
+            "seed": self.seed,
+        }
+        return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _cache_path(self) -> Path:
+        return Path(self.cache_dir) / "pretrain" / f"aligned-{self._fingerprint()}.pkl"
+
+    def _build(self, kg: KnowledgeGraph, given) -> dict:
+        sentences, sources = read_corpus(self.corpus, self.cache_dir)
+        if not sentences and not given:
+            raise DataError(
+                "the pretraining corpus is empty: data.corpus.files found no text and FewCLUE gave none "
+                f"(files={self.corpus.files!r}, fewclue_dir={self.corpus.fewclue_dir!r})"
+            )
+        aligned, stats = align(sentences, kg, self.rules, given)
+        order = list(range(len(aligned)))
+        random.Random(self.seed).shuffle(order)
+        val_count = min(self.val_size, len(aligned) // 5) if len(aligned) > 1 else 0
+        val = set(order[:val_count])
+        pack = lambda a: (a.text, a.mentions, a.triples)  # noqa: E731 - compact pickles
+        return {
+            "train": [pack(a) for i, a in enumerate(aligned) if i not in val],
+            "val": [pack(aligned[i]) for i in sorted(val)],
+            "stats": stats,
+            "sources": sources,
+        }
+
+    def prepare_data(self) -> None:
+        """Align once and write the cache (rank zero); setup reads it."""
+        if self.use_cache and not self._cache_path().is_file():
+            self._load()
+
+    def _load(self) -> None:
+        kg, given = load_kg(self.kg_source)
+        path = self._cache_path()
+        if self.use_cache and path.is_file():
+            with path.open("rb") as handle:
+                built = pickle.load(handle)
+            log.info("pretraining corpus: aligned sentences read from the cache %s", path)
+        else:
+            built = self._build(kg, given)
+            if self.use_cache:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{random.getrandbits(32)}")
+                with tmp.open("wb") as handle:
+                    pickle.dump(built, handle, protocol=pickle.HIGHEST_PROTOCOL)
+                tmp.replace(path)
+        self.kg = kg
+        unpack = lambda rows: [AlignedSentence(*row) for row in rows]  # noqa: E731
+        self.train_sentences = unpack(built["train"])
+        self.val_sentences = unpack(built["val"])
+        if self.max_sentences is not None:
+            self.train_sentences = self.train_sentences[: self.max_sentences]
+        if not self.train_sentences:
+            raise DataError("the pretraining corpus left no training sentences after the validation slice")
+        self.stats = dict(built["stats"])
+        self.sources = dict(built["sources"])
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.kg is None:
+            self._load()
+
+    def texts(self) -> list[str]:
+        """Every sentence and KG name, for building a character vocabulary."""
+        kg_names = [*self.kg.names(), *self.kg.predicates] if self.kg is not None else []
+        return [*(a.text for a in self.train_sentences), *(a.text for a in self.val_sentences), *kg_names]
+
+    # -- loaders ---------------------------------------------------------------------------------
+    def _dataset(self, sentences: list[AlignedSentence], fixed: bool) -> AlignedDataset:
+        return AlignedDataset(
+            sentences, self.kg, self.negatives, self.max_entities, self.max_neighbors, self.seed, fixed
+        )
+
+    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
+        if self.collate_fn is None:
+            raise RuntimeError("PretrainCorpusDataModule.collate_fn is not set: the stage module provides it")
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            collate_fn=self.collate_fn, persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset(self.train_sentences, fixed=False), True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        if not self.val_sentences:
+            raise DataError("the pretraining corpus has no validation sentences (data.val_size=0 or a tiny corpus)")
+        return self._loader(self._dataset(self.val_sentences, fixed=True), False, self.eval_batch_size)

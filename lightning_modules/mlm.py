@@ -1,0 +1,59 @@
+"""``stage=mlm``: plain masked-LM pretraining on the same corpus and model, without knowledge.
+
+The ablation baseline for ``stage=kgbert``: same data module, same masking rate and 80/10/10 rule,
+one loss. ``whole_word_mentions=true`` masks KG mentions whole (ERNIE's entity masking) without
+using any triple, to separate the effect of masking from that of the knowledge objectives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from datamodules.pretraining import PretrainRow
+from lightning_modules.masking import mask_texts
+from lightning_modules.pretrain_base import PretrainModule, StepOutput
+
+
+class MlmModule(PretrainModule):
+    loss_names = ("mlm",)
+
+    def __init__(
+        self,
+        masked_lm: nn.Module,
+        tokenizer,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable | None = None,
+        task=None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        max_length: int = 128,
+        mask_prob: float = 0.15,
+        whole_word_mentions: bool = False,
+        mention_mask_prob: float = 0.4,
+        loss_weights: dict[str, float] | None = None,
+        final_window: int = 10,
+        export_dir: str | None = None,
+    ) -> None:
+        # A plain dict (not Hydra's DictConfig), so the checkpoint's hyperparameters load with weights_only.
+        loss_weights = {str(k): float(v) for k, v in (loss_weights or {}).items()}
+        super().__init__(
+            masked_lm, tokenizer, optimizer, scheduler, lr, weight_decay, loss_weights, final_window, export_dir
+        )
+        self.save_hyperparameters(ignore=["masked_lm", "tokenizer", "optimizer", "scheduler", "task"])
+        self.max_length = max_length
+        self.mask_prob = mask_prob
+        self.span_prob = mention_mask_prob if whole_word_mentions else 0.0
+
+    def collate(self, rows: list[PretrainRow]) -> dict:
+        masked = mask_texts(
+            self.tokenizer, [r.text for r in rows], [r.mentions for r in rows], [r.mask_seed for r in rows],
+            self.random_ids, self.max_length, self.mask_prob, self.span_prob,
+        )
+        return {"inputs": masked.inputs, "labels": masked.labels, "size": len(rows)}
+
+    def step(self, batch: dict) -> StepOutput:
+        loss, predicted, targets = self.mlm_loss(self.encode(batch["inputs"]), batch["labels"])
+        return StepOutput({"mlm": loss}, predicted, targets)
