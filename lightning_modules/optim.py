@@ -35,3 +35,14 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warm
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return LambdaLR(optimizer, factor)
+
+
+def optimizers_for(module) -> torch.optim.Optimizer | dict:
+    """``configure_optimizers`` of every stage: the optimizer partial completed with the parameter groups
+    of ``trainer.model`` (what a sharded strategy wraps) and ``module.lr``, plus the per-step schedule."""
+    model = module.trainer.model if module.trainer is not None else module
+    optimizer = module.optimizer_factory(parameter_groups(model.named_parameters(), module.weight_decay), lr=module.lr)
+    if module.scheduler_factory is None:
+        return optimizer
+    scheduler = module.scheduler_factory(optimizer, total_steps=module.trainer.estimated_stepping_batches)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from callbacks.export import ExportPretrained
 from datamodules.errors import ConfigError
 from lightning_modules.consolidate import full_state_dict
-from lightning_modules.optim import parameter_groups
+from lightning_modules.optim import optimizers_for
 
 
 @dataclass
@@ -80,8 +80,6 @@ class PretrainModule(LightningModule):
         self.weight_decay = weight_decay
         self.loss_weights = self._check_weights(dict(loss_weights or {}))
         output_head(masked_lm)  # fails early for a model without a usable MLM head
-        # from_pretrained returns the model in eval mode and Lightning keeps module modes: enable dropout.
-        masked_lm.train()
         self.vocab_size = masked_lm.get_input_embeddings().num_embeddings
         # A plain CPU tensor (not a buffer): collate uses it in the data loader, off the device.
         self.random_ids = special_free_ids(tokenizer, self.vocab_size)
@@ -231,9 +229,4 @@ class PretrainModule(LightningModule):
                 **self.final_losses(), **self.validation_results(), **self.extra_stats()}
 
     def configure_optimizers(self):
-        model = self.trainer.model if self.trainer is not None else self
-        optimizer = self.optimizer_factory(parameter_groups(model.named_parameters(), self.weight_decay), lr=self.lr)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizers_for(self)

@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.fewclue_rows import Row
 from datamodules.task_spec import TaskSpec
-from lightning_modules.optim import parameter_groups
+from lightning_modules.optim import optimizers_for
 from lightning_modules.submission import submission_rows
 
 
@@ -77,10 +77,4 @@ class TaskModule(LightningModule):
         return submission_rows(self.task, batch["ids"], predicted)
 
     def configure_optimizers(self):
-        # self.trainer.model is what a sharded strategy (DeepSpeed, FSDP) wraps.
-        model = self.trainer.model if self.trainer is not None else self
-        optimizer = self.optimizer_factory(parameter_groups(model.named_parameters(), self.weight_decay), lr=self.lr)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizers_for(self)
