@@ -1,7 +1,8 @@
 """Train one stage on one FewCLUE task: ``python train.py stage=finetune task=ocnli data.split=0``.
 
-compose cfg -> instantiate datamodule, backbone, stage module, callbacks, loggers, trainer
--> fit -> test (when test_public.json exists) -> predict test.json -> results.json
+``build(cfg) -> Run``: datamodule (read and validated first), backbone, stage module, callbacks,
+loggers, trainer, each instantiated from its config group;
+``run(Run) -> results``: fit -> test (when test_public.json exists) -> predict test.json -> results.json.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import logging
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,29 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules.errors import ConfigError, DataError
+from callbacks.leaderboard import LeaderboardWriter
+from datamodules.protocol import StageData
+from datamodules.task_spec import TaskSpec
+from errors import ConfigError, DataError
+from lightning_modules.stage import StageModule
 
 log = logging.getLogger("train")
+
+
+@dataclass
+class Run:
+    cfg: DictConfig
+    task: TaskSpec
+    datamodule: StageData
+    backbone: Any
+    module: StageModule
+    callbacks: list
+    loggers: list
+    trainer: L.Trainer
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -37,11 +56,118 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
+def instantiate_with(node: DictConfig, **objects: Any) -> Any:
+    """Instantiate ``node``, with live objects as extra arguments (kept out of OmegaConf's hands).
+
+    A user error raised inside a constructor (ConfigError, DataError) comes out as itself, not wrapped
+    in Hydra's InstantiationException, so that it ends the run with its one-line message."""
+    try:
+        return instantiate(node, _partial_=True)(**objects) if objects else instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, (ConfigError, DataError)):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     """Every entry of a dict-of-configs group (callbacks, logger) that has a ``_target_``."""
     if not group:
         return []
-    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [instantiate_with(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def vocabulary_texts(datamodule: StageData, task: TaskSpec) -> list[str]:
+    words = [w for table in task.verbalizers.values() for ws in table.values() for w in ws]
+    return [*datamodule.texts(), *task.patterns, *words, *task.descriptions.values()]
+
+
+def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Run:
+    """Everything a run needs, data first: bad data stops the run before a model is built."""
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    task = instantiate_with(cfg.task)
+    datamodule: StageData = instantiate_with(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    backbone = instantiate_with(cfg.model)
+    tokenizer = backbone.tokenizer(vocabulary_texts(datamodule, task))
+    module: StageModule = instantiate_with(cfg.stage, masked_lm=backbone.masked_lm(tokenizer), tokenizer=tokenizer)
+    datamodule.connect(module.collate, module.collate_mlm if module.wants_mlm_batches else None)
+
+    callbacks = [*instantiate_all(cfg.get("callbacks")), *extra_callbacks]
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate_with(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return Run(cfg, task, datamodule, backbone, module, callbacks, loggers, trainer)
+
+
+def run(r: Run) -> dict[str, Any]:
+    """fit -> select on dev -> test -> predict -> results.json (rank zero writes)."""
+    cfg, trainer, module, datamodule = r.cfg, r.trainer, r.module, r.datamodule
+    failed = True
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        best, val_acc = selected_checkpoint(trainer, module, datamodule)
+        test_acc = None
+        if datamodule.has_test_labels:
+            test_acc = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]["test/acc"]
+        if datamodule.predict_rows:
+            trainer.predict(module, datamodule=datamodule, ckpt_path=best, return_predictions=False)
+        failed = False
+    finally:
+        close_loggers(r.loggers, failed)
+
+    output_dir = Path(cfg.paths.output_dir)
+    results = {
+        "stage": choice("stage"),
+        "task": r.task.name,
+        "split": str(cfg.data.split),
+        "seed": int(cfg.seed),
+        "model": choice("model"),
+        "pretrained": r.backbone.pretrained,
+        "val/acc": val_acc,
+        "test/acc": test_acc,
+        "test_set": "test_public.json" if test_acc is not None else None,
+        "predictions": prediction_file(r.callbacks),
+        "checkpoint": best if cfg.keep_checkpoints else None,
+        "config": str(output_dir / "config.yaml"),
+        "global_step": trainer.global_step,
+        **datamodule.stats,
+        **module.results,
+    }
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        if best and not cfg.keep_checkpoints:
+            shutil.rmtree(Path(best).parent, ignore_errors=True)
+        summary = f"val/acc: {_fmt(val_acc)}  test/acc: {_fmt(test_acc, 'n/a (no test_public.json)')}"
+        log.info("%s -> %s", summary, output_dir / "results.json")
+        print(summary)
+    return results
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    return run(build(cfg))
+
+
+def selected_checkpoint(trainer: L.Trainer, module, datamodule) -> tuple[str | None, float | None]:
+    """The checkpoint chosen on dev and its val/acc; without one, the final weights measured on dev."""
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    if best and checkpoint.monitor == "val/acc" and checkpoint.best_model_score is not None:
+        return best, float(checkpoint.best_model_score)
+    # No validation ran before the end (e.g. max_steps hit mid-epoch): measure what training left.
+    metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    return best, metrics[0].get("val/acc") if metrics else None
+
+
+def prediction_file(callbacks: list) -> str | None:
+    writer = next((cb for cb in callbacks if isinstance(cb, LeaderboardWriter)), None)
+    return str(writer.path) if writer is not None and writer.path else None
 
 
 def close_loggers(loggers: list[Any], failed: bool) -> None:
@@ -58,90 +184,8 @@ def close_loggers(loggers: list[Any], failed: bool) -> None:
             wandb.finish(exit_code=1 if failed else 0)
 
 
-def vocabulary_texts(datamodule, task) -> list[str]:
-    words = [w for table in task.verbalizers.values() for ws in table.values() for w in ws]
-    return [*datamodule.texts(), *task.patterns, *words, *task.descriptions.values()]
-
-
-def build(node: DictConfig, **objects: Any) -> Any:
-    """Instantiate ``node`` with live objects as extra arguments (kept out of OmegaConf's hands)."""
-    return instantiate(node, _partial_=True)(**objects)
-
-
 def choice(group: str) -> str | None:
     return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
-
-
-def selected_checkpoint(trainer: L.Trainer, module, datamodule) -> tuple[str | None, float | None]:
-    """The checkpoint chosen on dev and its val/acc; without one, the final weights measured on dev."""
-    checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    if best and checkpoint.monitor == "val/acc" and checkpoint.best_model_score is not None:
-        return best, float(checkpoint.best_model_score)
-    # No validation ran before the end (e.g. max_steps hit mid-epoch): measure what training left.
-    metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-    return best, metrics[0].get("val/acc") if metrics else None
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
-    check_config(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-
-    task = instantiate(cfg.task, _convert_="all")
-    datamodule = build(cfg.data, task=task)
-    datamodule.prepare_data()
-    datamodule.setup("fit")  # reads and validates every file before a model is built
-
-    backbone = instantiate(cfg.model)
-    tokenizer = backbone.tokenizer(vocabulary_texts(datamodule, task))
-    masked_lm = backbone.masked_lm(tokenizer)
-    module = build(cfg.stage, masked_lm=masked_lm, task=task, tokenizer=tokenizer)
-    datamodule.collate_fn = module.collate
-
-    callbacks = instantiate_all(cfg.get("callbacks"))
-    loggers = instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    failed = True
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        best, val_acc = selected_checkpoint(trainer, module, datamodule)
-        test_acc = None
-        if getattr(datamodule, "has_test_labels", False):
-            test_acc = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]["test/acc"]
-        if getattr(datamodule, "predict_rows", None):
-            trainer.predict(module, datamodule=datamodule, ckpt_path=best, return_predictions=False)
-        failed = False
-    finally:
-        close_loggers(loggers, failed)
-
-    writer = next((cb for cb in callbacks if type(cb).__name__ == "LeaderboardWriter"), None)
-    results = {
-        "stage": choice("stage"),
-        "task": task.name,
-        "split": str(cfg.data.split),
-        "seed": int(cfg.seed),
-        "model": choice("model"),
-        "pretrained": backbone.pretrained,
-        "val/acc": val_acc,
-        "test/acc": test_acc,
-        "test_set": "test_public.json" if test_acc is not None else None,
-        "predictions": str(writer.path) if writer and writer.path else None,
-        "checkpoint": best if cfg.keep_checkpoints else None,
-        "config": str(output_dir / "config.yaml"),
-        "global_step": trainer.global_step,
-    }
-    results.update(getattr(module, "extra_results", dict)())
-    if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-        if best and not cfg.keep_checkpoints:
-            shutil.rmtree(Path(best).parent, ignore_errors=True)
-        summary = f"val/acc: {_fmt(val_acc)}  test/acc: {_fmt(test_acc, 'n/a (no test_public.json)')}"
-        log.info("%s -> %s", summary, output_dir / "results.json")
-        print(summary)
-    return results
 
 
 def _fmt(value: float | None, missing: str = "n/a") -> str:

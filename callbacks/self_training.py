@@ -3,8 +3,10 @@
 Every ``epochs_per_round`` epochs (``rounds`` times) the callback scores the task's unlabeled rows
 with the module's ``class_log_probs``, keeps the confident ones (probability >= ``threshold``)
 class-balanced (the same number per class: the smallest class count, at most ``per_class``), and
-replaces the pseudo-labelled part of ``datamodule.train_rows``. Dataloaders are reloaded every
-epoch so the new rows are used, and the learning-rate schedule restarts over the remaining epochs.
+hands them to the DataModule (``set_pseudo_labelled``), which trains on the labelled rows plus
+these. ``stage=fuzzy_pet`` sets ``trainer.reload_dataloaders_every_n_epochs=1`` so the new rows
+are used, and the module restarts its learning-rate schedule over the remaining epochs.
+The unlabeled rows are ``data.max_unlabeled`` rows of unlabeled.json.
 Logged: ``self_training/kept`` and ``self_training/confidence`` (mean probability of the kept rows).
 """
 
@@ -15,23 +17,17 @@ import math
 from dataclasses import replace
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, Trainer
 
-from datamodules.errors import ConfigError
+from datamodules.protocol import TaskData
+from errors import ConfigError
+from lightning_modules.stage import StageModule
 
 log = logging.getLogger(__name__)
 
 
 class SelfTraining(Callback):
-    def __init__(
-        self,
-        rounds: int = 0,
-        epochs_per_round: int = 5,
-        threshold: float = 0.9,
-        per_class: int = 64,
-        max_unlabeled: int | None = 2000,
-        batch_size: int = 64,
-    ) -> None:
+    def __init__(self, rounds: int, epochs_per_round: int, threshold: float, per_class: int, batch_size: int) -> None:
         if rounds < 0 or epochs_per_round < 1:
             raise ConfigError(f"self_training.rounds={rounds}, epochs_per_round={epochs_per_round}; need rounds >= 0, epochs_per_round >= 1")
         if not 0.0 <= threshold <= 1.0:
@@ -40,28 +36,29 @@ class SelfTraining(Callback):
         self.epochs_per_round = epochs_per_round
         self.threshold = threshold
         self.per_class = per_class
-        self.max_unlabeled = max_unlabeled
         self.batch_size = batch_size
         self.unlabeled: list = []
-        self.labelled: list = []
         self.history: list[dict] = []
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_fit_start(self, trainer: Trainer, pl_module: StageModule) -> None:
         if self.rounds == 0:
             return
-        datamodule = trainer.datamodule
-        rows = datamodule.unlabeled_rows() if hasattr(datamodule, "unlabeled_rows") else []
-        self.unlabeled = rows[: self.max_unlabeled] if self.max_unlabeled else list(rows)
+        if trainer.reload_dataloaders_every_n_epochs != 1:
+            raise ConfigError(
+                f"self_training.rounds={self.rounds} needs trainer.reload_dataloaders_every_n_epochs=1 (the training "
+                f"rows change between epochs); it is {trainer.reload_dataloaders_every_n_epochs}"
+            )
+        datamodule: TaskData = trainer.datamodule
+        self.unlabeled = datamodule.unlabeled_rows()  # capped by data.max_unlabeled
         if not self.unlabeled:
-            log.warning("task %s has no unlabeled data; self-training skipped", pl_module.task.name)
-            print(f"task {pl_module.task.name} has no unlabeled data; self-training skipped")
+            name = datamodule.task.name
+            log.warning("task %s has no unlabeled data; self-training skipped", name)
+            print(f"task {name} has no unlabeled data; self-training skipped")
             self._record(pl_module, {"skipped": "no unlabeled data"})
             return
-        self.labelled = list(datamodule.train_rows)
-        trainer.reload_dataloaders_every_n_epochs = 1
         log.info("self-training: %d rounds over %d unlabeled rows", self.rounds, len(self.unlabeled))
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: StageModule) -> None:
         done = len([h for h in self.history if "round" in h])
         if not self.unlabeled or done >= self.rounds or (trainer.current_epoch + 1) % self.epochs_per_round:
             return
@@ -72,9 +69,10 @@ class SelfTraining(Callback):
         if not kept:
             log.warning("self-training round %d: some class has no prediction with confidence >= %.2f; "
                         "no pseudo-label kept (class-balanced)", done + 1, self.threshold)
-        pseudo = [replace(self.unlabeled[i], label=c) for i, c in kept]
-        trainer.datamodule.train_rows = self.labelled + pseudo
-        self._restart_schedule(trainer, pl_module, len(self.labelled) + len(pseudo))
+        datamodule: TaskData = trainer.datamodule
+        datamodule.set_pseudo_labelled([replace(self.unlabeled[i], label=c) for i, c in kept])
+        per_epoch = math.ceil(len(datamodule.train_rows) / datamodule.batch_size / max(1, trainer.accumulate_grad_batches))
+        pl_module.restart_schedule(max(1, per_epoch * (trainer.max_epochs - trainer.current_epoch - 1)))
         mean_confidence = float(confidence.mean()) if len(kept) else 0.0
         pl_module.log("self_training/kept", float(len(kept)))
         pl_module.log("self_training/confidence", mean_confidence)
@@ -85,7 +83,7 @@ class SelfTraining(Callback):
         self._record(pl_module, entry)
 
     @torch.no_grad()
-    def score(self, pl_module: LightningModule) -> torch.Tensor:
+    def score(self, pl_module: StageModule) -> torch.Tensor:
         """Class probabilities [N, C] of the unlabeled rows under the current weights."""
         was_training = pl_module.training
         pl_module.eval()
@@ -97,20 +95,9 @@ class SelfTraining(Callback):
         pl_module.train(was_training)
         return torch.cat(out)
 
-    def _restart_schedule(self, trainer: Trainer, pl_module: LightningModule, rows: int) -> None:
-        factory = getattr(pl_module, "scheduler_factory", None)
-        if not trainer.lr_scheduler_configs or factory is None:
-            return
-        batch_size = getattr(trainer.datamodule, "batch_size", 16)
-        per_epoch = math.ceil(rows / batch_size / max(1, trainer.accumulate_grad_batches))
-        remaining = per_epoch * (trainer.max_epochs - trainer.current_epoch - 1)
-        trainer.lr_scheduler_configs[0].scheduler = factory(trainer.optimizers[0], total_steps=max(1, remaining))
-
-    def _record(self, pl_module: LightningModule, entry: dict) -> None:
+    def _record(self, pl_module: StageModule, entry: dict) -> None:
         self.history.append(entry)
-        extra = getattr(pl_module, "results_extra", None)
-        if isinstance(extra, dict):
-            extra["self_training"] = list(self.history)
+        pl_module.results["self_training"] = list(self.history)
 
 
 def select_balanced(probs: torch.Tensor, threshold: float, per_class: int) -> tuple[list[tuple[int, int]], torch.Tensor]:

@@ -25,19 +25,19 @@ weighted MLM loss of the stage; the two are combined batch by batch.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from datamodules.corpus import row_texts, split_long
-from datamodules.errors import ConfigError, DataError
+from errors import ConfigError, DataError
 from datamodules.fewclue_download import locate_task_dir, split_files
 from datamodules.fewclue_rows import Row, read_rows
+from datamodules.mlm_texts import MlmText, mlm_loader
 from datamodules.task_configs import load_task_specs
 from datamodules.task_spec import TaskSpec
 
@@ -52,13 +52,6 @@ class EntailmentPair:
     description: str
     label: int  # 1 = entailed, 0 = not entailed
     group: int = -1  # the pairs of one row share a group (val/acc scores rows, not pairs)
-
-
-@dataclass
-class MlmText:
-    text: str
-    mask_seed: int | None = None
-    mentions: tuple = ()
 
 
 def pairs_for_row(
@@ -128,39 +121,40 @@ def task_weights(counts: dict[str, int], alpha: float) -> dict[str, float]:
 
 
 class EntailmentDataModule(LightningDataModule):
+    # No labelled test set and nothing to predict: pretraining exports a backbone.
+    has_test_labels = False
+    predict_rows: list = []
+
     def __init__(
         self,
-        task: TaskSpec | None = None,
-        tasks: list[str] | None = None,
+        tasks: list[str] | None,
+        split: str | int,
+        data_dir: str,
+        cache_dir: str,
+        nli_tasks: dict[str, str],
+        negatives: int,
+        temperature_alpha: float,
+        chid_description: str,
+        wsc_description: str,
+        val_rows_per_task: int | None,
+        unlabeled: bool,
+        max_unlabeled_per_task: int | None,
+        max_chars: int,
+        batch_size: int,
+        mlm_batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        seed: int,
         task_dir: str | None = None,
-        split: str | int = 0,
-        data_dir: str | None = None,
-        cache_dir: str = ".cache",
-        nli_tasks: dict[str, str] | None = None,
-        negatives: int = 3,
-        temperature_alpha: float = 0.5,
-        chid_description: str = "这里应填“{candidate}”。",
-        wsc_description: str = "“{span2}”指的是“{span1}”。",
-        val_rows_per_task: int | None = 64,
-        unlabeled: bool = True,
-        max_unlabeled_per_task: int | None = None,
-        max_chars: int = 126,
-        batch_size: int = 16,
-        mlm_batch_size: int = 16,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        collate_fn: Callable[[list], dict] | None = None,
     ) -> None:
         super().__init__()
-        self.task = task  # the selected task is not needed: every task in ``tasks`` feeds the stage
-        self.tasks = tasks
+        self.tasks = list(tasks) if tasks is not None else None
         self.task_dir = task_dir
         self.split = str(split)
         split_files(self.split)
-        self.data_dir = data_dir if data_dir is not None else os.environ.get("FEWCLUE_DIR", "data/fewclue")
+        self.data_dir = data_dir
         self.cache_dir = cache_dir
-        self.nli_tasks = dict(nli_tasks if nli_tasks is not None else {"ocnli": "entailment"})
+        self.nli_tasks = {str(k): str(v) for k, v in nli_tasks.items()}
         self.negatives = negatives
         if temperature_alpha < 0:
             raise ConfigError(f"data.temperature_alpha={temperature_alpha}; allowed: >= 0 (0 uniform, 1 proportional)")
@@ -182,7 +176,9 @@ class EntailmentDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.collate_fn = collate_fn
+        self.collate_fn: Callable[[list], dict] | None = None
+        self.collate_mlm: Callable[[list[MlmText]], dict] | None = None
+        self.stats: dict = {}
         self.specs: list[TaskSpec] = []
         self.train_pairs: list[EntailmentPair] = []
         self.val_pairs: list[EntailmentPair] = []
@@ -235,12 +231,19 @@ class EntailmentDataModule(LightningDataModule):
             raise DataError(f"entailment pretraining built no training pairs from tasks {self.tasks}")
         self.mixing = task_weights(counts, self.temperature_alpha)
         self.counts = counts
+        self.stats = {"entailment/pairs_per_task": dict(counts),
+                      "entailment/sampling": {k: round(v, 4) for k, v in self.mixing.items()},
+                      "entailment/mlm_texts": len(self.mlm_texts)}
         log.info("entailment pairs per task: %s; sampling probabilities: %s; MLM texts: %d",
                  counts, {k: round(v, 3) for k, v in self.mixing.items()}, len(self.mlm_texts))
 
     def texts(self) -> list[str]:
         pairs = [*self.train_pairs, *self.val_pairs]
         return [*(p.text for p in pairs), *{p.description for p in pairs}, *(t.text for t in self.mlm_texts)]
+
+    def connect(self, collate: Callable[[list], dict], collate_mlm: Callable[[list[MlmText]], dict] | None = None) -> None:
+        self.collate_fn = collate
+        self.collate_mlm = collate_mlm
 
     # -- loaders ---------------------------------------------------------------------------------
     def _loader(self, data, batch_size: int, sampler=None, shuffle: bool = False) -> DataLoader:
@@ -253,18 +256,16 @@ class EntailmentDataModule(LightningDataModule):
         """Per-pair sampling weight: the task's probability shared among its pairs."""
         return torch.tensor([self.mixing[p.task] / self.counts[p.task] for p in self.train_pairs], dtype=torch.double)
 
-    def train_dataloader(self):
+    def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
         generator = torch.Generator().manual_seed(self.seed)
         sampler = WeightedRandomSampler(self.pair_weights(), len(self.train_pairs), replacement=True,
                                         generator=generator)
-        loaders = {"pairs": self._loader(self.train_pairs, self.batch_size, sampler)}
-        if self.mlm_texts:
-            steps = -(-len(self.train_pairs) // self.batch_size)
-            wanted = steps * self.mlm_batch_size
-            mlm_sampler = RandomSampler(self.mlm_texts, replacement=wanted > len(self.mlm_texts),
-                                        num_samples=wanted, generator=generator)
-            loaders["mlm"] = self._loader(self.mlm_texts, self.mlm_batch_size, mlm_sampler)
-        return loaders
+        main = self._loader(self.train_pairs, self.batch_size, sampler)
+        if self.collate_mlm is None or not self.mlm_texts:
+            return main
+        extra = mlm_loader(self.mlm_texts, self.mlm_batch_size, len(main), self.collate_mlm, self.seed + 1,
+                           self.num_workers)
+        return {"main": main, "mlm": extra}
 
     def val_dataloader(self) -> DataLoader:
         if self.collate_fn is None:

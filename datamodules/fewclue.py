@@ -1,20 +1,21 @@
 """The FewCLUE DataModule shared by every fine-tuning stage.
 
-It reads and validates rows; turning rows into tensors is the stage's job: the LightningModule
-provides ``collate(rows) -> batch`` and train.py hands it to the DataModule as ``collate_fn``.
+It reads and validates rows; turning rows into tensors is the stage's job: train.py hands the
+stage's ``collate(rows) -> batch`` (and ``collate_mlm`` for a stage with an auxiliary masked-LM loss
+on unlabeled.json) to the DataModule through ``connect``. It is a ``datamodules.protocol.TaskData``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from datamodules.fewclue_download import FEWCLUE_URL, locate_task_dir, split_files
+from datamodules.fewclue_download import locate_task_dir, split_files
 from datamodules.fewclue_rows import Row, read_rows
+from datamodules.mlm_texts import MlmText, mlm_loader
 from datamodules.task_spec import TaskSpec
 
 
@@ -22,33 +23,39 @@ class FewClueDataModule(LightningDataModule):
     def __init__(
         self,
         task: TaskSpec,
-        split: str | int = 0,
-        data_dir: str | None = None,
-        cache_dir: str = ".cache",
-        download_url: str = FEWCLUE_URL,
-        batch_size: int = 16,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        max_unlabeled: int | None = None,
-        collate_fn: Callable[[list[Row]], dict] | None = None,
+        split: str | int,
+        data_dir: str,
+        cache_dir: str,
+        download_url: str,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        max_unlabeled: int | None,
+        mlm_batch_size: int,
+        seed: int,
     ) -> None:
         super().__init__()
         self.task = task
         self.split = str(split)
         split_files(self.split)  # fails early on a bad split name
-        self.data_dir = data_dir if data_dir is not None else os.environ.get("FEWCLUE_DIR", "data/fewclue")
+        self.data_dir = data_dir
         self.cache_dir = cache_dir
         self.download_url = download_url
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.max_unlabeled = max_unlabeled
-        self.collate_fn = collate_fn
+        self.mlm_batch_size = mlm_batch_size
+        self.seed = seed
+        self.collate_fn: Callable[[list[Row]], dict] | None = None
+        self.collate_mlm: Callable[[list[MlmText]], dict] | None = None
         self.task_dir: Path | None = None
+        self.labelled_rows: list[Row] = []
         self.train_rows: list[Row] = []
         self.val_rows: list[Row] = []
         self.test_rows: list[Row] | None = None
         self.predict_rows: list[Row] = []
+        self.stats: dict = {}
         self._unlabeled_rows: list[Row] | None = None
 
     def prepare_data(self) -> None:
@@ -59,11 +66,22 @@ class FewClueDataModule(LightningDataModule):
             return
         self.task_dir = locate_task_dir(self.task.name, self.split, self.data_dir, self.cache_dir, self.download_url)
         train_name, dev_name = split_files(self.split)
-        self.train_rows = read_rows(self.task, self.task_dir / train_name, labelled=True)
+        self.labelled_rows = read_rows(self.task, self.task_dir / train_name, labelled=True)
+        self.train_rows = list(self.labelled_rows)
         self.val_rows = read_rows(self.task, self.task_dir / dev_name, labelled=True)
         test_public = self.task_dir / "test_public.json"
         self.test_rows = read_rows(self.task, test_public, labelled=True) if test_public.is_file() else None
         self.predict_rows = read_rows(self.task, self.task_dir / "test.json", labelled=False)
+        self.stats = {"data/train_rows": len(self.train_rows), "data/val_rows": len(self.val_rows),
+                      "data/test_rows": len(self.test_rows or []), "data/predict_rows": len(self.predict_rows)}
+
+    def connect(self, collate: Callable[[list[Row]], dict], collate_mlm: Callable[[list[MlmText]], dict] | None = None) -> None:
+        self.collate_fn = collate
+        self.collate_mlm = collate_mlm
+
+    def set_pseudo_labelled(self, rows: list[Row]) -> None:
+        """Train on the labelled rows plus these (self-training replaces its earlier pseudo-labels)."""
+        self.train_rows = [*self.labelled_rows, *rows]
 
     @property
     def has_test_labels(self) -> bool:
@@ -100,8 +118,18 @@ class FewClueDataModule(LightningDataModule):
             collate_fn=self.collate_fn,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train_rows, shuffle=True)
+    def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
+        main = self.loader(self.train_rows, shuffle=True)
+        texts = self.mlm_texts() if self.collate_mlm is not None else []
+        if not texts:
+            return main
+        extra = mlm_loader(texts, self.mlm_batch_size, len(main), self.collate_mlm, self.seed, self.num_workers)
+        return {"main": main, "mlm": extra}
+
+    def mlm_texts(self) -> list[MlmText]:
+        """The unlabeled rows' texts (text fields joined by a space), for the auxiliary masked LM."""
+        fields = self.task.text_fields
+        return [MlmText(" ".join(str(row.fields[f]) for f in fields if f in row.fields)) for row in self.unlabeled_rows()]
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.val_rows)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from datamodules.errors import DataError
+from errors import DataError
 
 FEWCLUE_URL = "https://raw.githubusercontent.com/CLUEbenchmark/FewCLUE/main/datasets"
 OPTIONAL_FILES = ("test_public.json", "unlabeled.json")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datamodules.errors import DataError
+from errors import DataError
 from datamodules.task_spec import TaskSpec
 
 MAX_REPORTED_ERRORS = 20

@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from datamodules.errors import DataError
+from errors import DataError
 
 Triple = tuple[str, str, str]
 SPO_SUFFIXES = (".spo", ".tsv", ".txt")

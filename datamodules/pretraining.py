@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.alignment import AlignedSentence, AlignmentRules, Mention, align
 from datamodules.corpus import CorpusSource, corpus_files, read_corpus
-from datamodules.errors import DataError
+from errors import ConfigError, DataError
 from datamodules.fewclue_download import split_files
 from datamodules.kg import KgSource, KnowledgeGraph, Triple, load_kg
 from datamodules.negatives import sample_negatives
@@ -95,36 +95,36 @@ class AlignedDataset(Dataset):
 
 
 class PretrainCorpusDataModule(LightningDataModule):
+    # No labelled test set and nothing to predict: pretraining exports a backbone.
+    has_test_labels = False
+    predict_rows: list = []
+
     def __init__(
         self,
-        task=None,
-        split: str | int = "all",
-        data_dir: str | None = None,
-        corpus: CorpusSource | None = None,
-        kg: KgSource | None = None,
-        alignment: AlignmentRules | None = None,
-        cache_dir: str = ".cache",
-        val_size: int = 512,
-        max_sentences: int | None = None,
-        negatives: int = 3,
-        max_entities: int = 8,
-        max_neighbors: int = 8,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        use_cache: bool = True,
-        collate_fn: Callable[[list[PretrainRow]], dict] | None = None,
+        split: str | int,
+        data_dir: str,
+        corpus: CorpusSource,
+        kg: KgSource,
+        alignment: AlignmentRules,
+        cache_dir: str,
+        use_cache: bool,
+        val_size: int,
+        max_sentences: int | None,
+        negatives: int,
+        max_entities: int,
+        max_neighbors: int,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        seed: int,
     ) -> None:
         super().__init__()
-        self.task = task  # the selected task is not needed: the corpus pools every source
         self.split = str(split)
         # data.split picks the FewCLUE training split whose texts join the corpus, data.data_dir the
         # FewCLUE copy (the same keys as data=fewclue; train.py records data.split).
-        corpus = corpus or CorpusSource()
         self.corpus = dataclasses.replace(corpus, fewclue_split=self.split, fewclue_dir=data_dir or corpus.fewclue_dir)
-        self.kg_source = kg or KgSource()
-        self.rules = alignment or AlignmentRules()
+        self.kg_source = kg
+        self.rules = alignment
         self.cache_dir = cache_dir
         self.val_size = val_size
         self.max_sentences = max_sentences
@@ -136,7 +136,7 @@ class PretrainCorpusDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.use_cache = use_cache
-        self.collate_fn = collate_fn
+        self.collate_fn: Callable[[list[PretrainRow]], dict] | None = None
         self.kg: KnowledgeGraph | None = None
         self.train_sentences: list[AlignedSentence] = []
         self.val_sentences: list[AlignedSentence] = []
@@ -229,6 +229,11 @@ class PretrainCorpusDataModule(LightningDataModule):
         """Every sentence and KG name, for building a character vocabulary."""
         kg_names = [*self.kg.names(), *self.kg.predicates] if self.kg is not None else []
         return [*(a.text for a in self.train_sentences), *(a.text for a in self.val_sentences), *kg_names]
+
+    def connect(self, collate: Callable[[list[PretrainRow]], dict], collate_mlm=None) -> None:
+        if collate_mlm is not None:
+            raise ConfigError("data=pretrain_corpus has no auxiliary masked-LM loader; the corpus is the stage's own data")
+        self.collate_fn = collate
 
     # -- loaders ---------------------------------------------------------------------------------
     def _dataset(self, sentences: list[AlignedSentence], fixed: bool) -> AlignedDataset:

@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from datamodules.errors import ConfigError
+from errors import ConfigError
 from datamodules.task_spec import TaskSpec
 
 TASK_DIR = Path(__file__).resolve().parents[1] / "conf" / "task"

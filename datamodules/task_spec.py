@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from errors import ConfigError
+
 KINDS = ("classification", "multiple_choice", "span_pair")
 
 
@@ -34,11 +36,15 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"task.kind={self.kind!r} for task {self.name!r}; allowed: {list(KINDS)}")
+            raise ConfigError(f"task.kind={self.kind!r} for task {self.name!r}; allowed: {list(KINDS)}")
         if self.kind != "multiple_choice" and not self.labels:
-            raise ValueError(f"task {self.name!r}: task.labels is empty")
+            raise ConfigError(f"task {self.name!r}: task.labels is empty")
         if self.label_type not in ("str", "int"):
-            raise ValueError(f"task.label_type={self.label_type!r}; allowed: ['str', 'int']")
+            raise ConfigError(f"task.label_type={self.label_type!r}; allowed: ['str', 'int']")
+        # Plain containers, also when Hydra hands in DictConfig/ListConfig nodes (``task: ${task}``).
+        self.text_fields = [str(f) for f in self.text_fields]
+        self.id_fields = [str(f) for f in self.id_fields]
+        self.patterns = [str(p) for p in self.patterns]
         self.labels = {str(k): str(v) for k, v in self.labels.items()}
         self.descriptions = {str(k): str(v) for k, v in self.descriptions.items()}
         self.verbalizers = {

@@ -11,27 +11,32 @@ from collections.abc import Iterable
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, PreTrainedModel
 
-from datamodules.errors import ConfigError
+from errors import ConfigError
 from lightning_modules.char_vocab import char_tokenizer
 
 
 class TinyBert:
-    """A small BERT built from scratch over a character vocabulary of the task texts."""
+    """A small BERT built from scratch over a character vocabulary of the task texts.
+
+    To continue from a checkpoint (a pretraining stage's export), use ``model=hf model.pretrained=<dir>``:
+    a checkpoint fixes the sizes and the vocabulary that this option would build.
+    """
+
+    pretrained = None
 
     def __init__(
         self,
-        hidden_size: int = 128,
-        num_layers: int = 2,
-        num_heads: int = 2,
-        intermediate_size: int = 512,
-        max_position_embeddings: int = 512,
-        dropout: float = 0.1,
-        cache_dir: str = ".cache",
-        vocab_min_count: int = 1,
-        activation_checkpointing: bool = False,
-        attn_implementation: str = "sdpa",
-        compile: bool = False,
-        pretrained: str | None = None,
+        hidden_size: int,
+        num_layers: int,
+        num_heads: int,
+        intermediate_size: int,
+        max_position_embeddings: int,
+        dropout: float,
+        cache_dir: str,
+        vocab_min_count: int,
+        activation_checkpointing: bool,
+        attn_implementation: str,
+        compile: bool,
     ) -> None:
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -44,20 +49,11 @@ class TinyBert:
         self.activation_checkpointing = activation_checkpointing
         self.attn_implementation = _check_attn(attn_implementation)
         self.compile = compile
-        # A checkpoint (e.g. a pretraining stage's export_dir): then this is that model, not a new one.
-        self.pretrained = pretrained
-        self._loaded = (
-            PretrainedMLM(pretrained, None, activation_checkpointing, attn_implementation, compile) if pretrained else None
-        )
 
     def tokenizer(self, texts: Iterable[str]):
-        if self._loaded is not None:
-            return self._loaded.tokenizer(texts)
         return char_tokenizer(texts, self.cache_dir, self.vocab_min_count)
 
     def masked_lm(self, tokenizer) -> PreTrainedModel:
-        if self._loaded is not None:
-            return self._loaded.masked_lm(tokenizer)
         config = BertConfig(
             vocab_size=len(tokenizer),
             hidden_size=self.hidden_size,
@@ -80,10 +76,10 @@ class PretrainedMLM:
     def __init__(
         self,
         pretrained: str,
-        dropout: float | None = None,
-        activation_checkpointing: bool = False,
-        attn_implementation: str = "sdpa",
-        compile: bool = False,
+        dropout: float | None,
+        activation_checkpointing: bool,
+        attn_implementation: str,
+        compile: bool,
     ) -> None:
         self.pretrained = pretrained
         self.dropout = dropout

@@ -12,18 +12,14 @@ The backbone is exported with ``save_pretrained``, the entailment head beside it
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.entailment import EntailmentPair, MlmText
-from lightning_modules.masking import mask_texts
-from lightning_modules.pretrain_base import PretrainModule, StepOutput
-
-DEFAULT_WEIGHTS = {"entail": 1.0, "mlm": 0.5}
-
+from datamodules.entailment import EntailmentPair
+from datamodules.mlm_texts import MlmText
+from lightning_modules.optim import Optim
+from lightning_modules.stage import StageModule, StepOutput
 
 def row_decisions(entailed: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """1 per row (group) decided right, else 0. A row with several pairs is right when its entailed pair
@@ -40,95 +36,67 @@ def row_decisions(entailed: torch.Tensor, labels: torch.Tensor, groups: torch.Te
     return torch.tensor(decisions, dtype=torch.long, device=entailed.device)
 
 
-class EntailmentModule(PretrainModule):
+class EntailmentModule(StageModule):
     loss_names = ("entail", "mlm")
-    val_loss_name = "entail"
+    eval_loss = "entail"
 
     def __init__(
         self,
         masked_lm: nn.Module,
         tokenizer,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable | None = None,
-        task=None,
-        lr: float = 5e-5,
-        weight_decay: float = 0.01,
-        max_length: int = 256,
-        mlm_max_length: int = 128,
-        mask_prob: float = 0.15,
-        loss_weights: dict[str, float] | None = None,
-        dropout: float = 0.1,
-        final_window: int = 10,
-        export_dir: str | None = None,
+        optim: Optim,
+        max_length: int,
+        mlm_max_length: int,
+        mask_prob: float,
+        loss_weights: dict[str, float],
+        dropout: float,
+        export_dir: str | None,
     ) -> None:
         # A plain dict (not Hydra's DictConfig), so the checkpoint's hyperparameters load with weights_only.
-        loss_weights = {str(k): float(v) for k, v in (loss_weights or {}).items()}
-        weights = {**DEFAULT_WEIGHTS, **(loss_weights or {})}
-        super().__init__(
-            masked_lm, tokenizer, optimizer, scheduler, lr, weight_decay, weights, final_window, export_dir
-        )
-        self.save_hyperparameters(ignore=["masked_lm", "tokenizer", "optimizer", "scheduler", "task"])
+        loss_weights = {str(k): float(v) for k, v in loss_weights.items()}
+        super().__init__(masked_lm, tokenizer, optim, 2, loss_weights, export_dir)
+        self.save_hyperparameters(ignore=["masked_lm", "tokenizer", "optim"])
         self.max_length = max_length
         self.mlm_max_length = mlm_max_length
         self.mask_prob = mask_prob
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(masked_lm.config.hidden_size, 2))
 
-    @property
-    def num_predicted_classes(self) -> int:
-        return 2
-
     # -- batches ---------------------------------------------------------------------------------
-    def collate(self, rows: list) -> dict:
-        if rows and isinstance(rows[0], EntailmentPair):
-            encoding = self.tokenizer(
-                [r.text for r in rows], [r.description for r in rows], truncation="only_first",
-                max_length=self.max_length, padding=True, return_tensors="pt",
-            )
-            return {"inputs": dict(encoding), "labels": torch.tensor([r.label for r in rows]),
-                    "groups": torch.tensor([r.group for r in rows]), "size": len(rows)}
-        if rows and isinstance(rows[0], MlmText):
-            masked = mask_texts(
-                self.tokenizer, [r.text for r in rows], [[] for _ in rows], [r.mask_seed for r in rows],
-                self.random_ids, self.mlm_max_length, self.mask_prob, 0.0,
-            )
-            return {"inputs": masked.inputs, "labels": masked.labels, "size": len(rows)}
-        raise TypeError(f"EntailmentModule.collate: expected EntailmentPair or MlmText rows, got {type(rows[0])}")
+    def collate(self, rows: list[EntailmentPair]) -> dict:
+        encoding = self.tokenizer(
+            [r.text for r in rows], [r.description for r in rows], truncation="only_first",
+            max_length=self.max_length, padding=True, return_tensors="pt",
+        )
+        return {"inputs": dict(encoding), "labels": torch.tensor([r.label for r in rows]),
+                "groups": torch.tensor([r.group for r in rows]), "size": len(rows)}
 
-    def batch_size(self, batch: dict) -> int:
-        return batch["pairs"]["size"] if "pairs" in batch else batch["size"]
+    @property
+    def wants_mlm_batches(self) -> bool:
+        return self.loss_weights["mlm"] > 0
+
+    def collate_mlm(self, texts: list[MlmText]) -> dict:
+        return self.masked_texts(texts, self.mlm_max_length, self.mask_prob)
 
     # -- objectives ------------------------------------------------------------------------------
     def logits(self, pairs: dict) -> torch.Tensor:
         return self.head(self.encode(pairs["inputs"])[:, 0]).float()
 
     def step(self, batch: dict) -> StepOutput:
-        pairs = batch.get("pairs", batch)
-        logits = self.logits(pairs)
-        labels = pairs["labels"]
+        logits = self.logits(batch)
+        labels = batch["labels"]
         losses = {"entail": F.cross_entropy(logits, labels)}
-        if batch.get("mlm") is not None:
-            mlm = batch["mlm"]
-            losses["mlm"] = self.mlm_loss(self.encode(mlm["inputs"]), mlm["labels"])[0]
         pair_acc = (logits.argmax(-1) == labels).float().mean()
         if self.training:
-            return StepOutput(losses, logits.argmax(-1), labels, {"pair_acc": pair_acc.detach()})
+            return StepOutput(losses, predictions=logits.argmax(-1), targets=labels, metrics={"pair_acc": pair_acc.detach()})
         # Evaluation batches hold whole rows: val/acc scores each row's decision, not each pair.
-        right = row_decisions(logits.softmax(-1)[:, 1], labels, pairs["groups"])
-        return StepOutput(losses, right, torch.ones_like(right), {"pair_acc": pair_acc})
+        right = row_decisions(logits.softmax(-1)[:, 1], labels, batch["groups"])
+        return StepOutput(losses, predictions=right, targets=torch.ones_like(right), metrics={"pair_acc": pair_acc})
 
     def export_modules(self) -> dict[str, nn.Module]:
         return {"entailment_head/head.pt": self.head}
 
     def export_configs(self) -> dict[str, dict]:
         return {"entailment_head/config.json": {
-            "hidden_size": self.masked_lm.config.hidden_size, "labels": ["not_entailed", "entailed"],
+            "hidden_size": self.backbone.config.hidden_size, "labels": ["not_entailed", "entailed"],
             "input": "[CLS] text [SEP] description [SEP]; the head (dropout, linear) reads [CLS]",
         }}
-
-    def extra_stats(self) -> dict:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is None or not getattr(datamodule, "counts", None):
-            return {}
-        return {"entailment/pairs_per_task": dict(datamodule.counts),
-                "entailment/sampling": {k: round(v, 4) for k, v in datamodule.mixing.items()},
-                "entailment/mlm_texts": len(datamodule.mlm_texts)}

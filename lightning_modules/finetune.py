@@ -7,15 +7,15 @@ cluewsc (span pair).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from datamodules.fewclue_rows import Row
 from datamodules.task_spec import TaskSpec
-from lightning_modules.task_module import TaskModule
+from lightning_modules.optim import Optim
+from lightning_modules.stage import StageModule, StepOutput
+from lightning_modules.submission import submission_rows
 
 
 def _span_start(text: str, span: str, index: int) -> int:
@@ -26,30 +26,33 @@ def _span_start(text: str, span: str, index: int) -> int:
     return min(starts, key=lambda i: abs(i - index)) if starts else index
 
 
-class FinetuneModule(TaskModule):
+class FinetuneModule(StageModule):
+    loss_names = ("cls",)
+    eval_loss = "cls"
+
     def __init__(
         self,
         masked_lm: nn.Module,
         task: TaskSpec,
         tokenizer,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable | None = None,
-        lr: float = 2e-5,
-        weight_decay: float = 0.01,
-        max_length: int = 256,
-        dropout: float = 0.1,
+        optim: Optim,
+        max_length: int,
+        dropout: float,
     ) -> None:
-        super().__init__(task, tokenizer, optimizer, scheduler, lr, weight_decay, max_length)
-        self.save_hyperparameters(ignore=["masked_lm", "task", "tokenizer", "optimizer", "scheduler"])
-        self.encoder = masked_lm.base_model
-        hidden = self.encoder.config.hidden_size
+        # The MLM head is left out: it would be a trained-nowhere parameter set (and break DDP).
+        super().__init__(masked_lm.base_model, tokenizer, optim, task.num_classes, loss_weights={"cls": 1.0},
+                         export_dir=None)
+        self.save_hyperparameters(ignore=["masked_lm", "task", "tokenizer", "optim"])
+        self.task = task
+        self.max_length = max_length
+        hidden = self.backbone.config.hidden_size
         inputs = 3 * hidden if task.kind == "span_pair" else hidden
         outputs = 1 if task.kind == "multiple_choice" else task.num_classes
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(inputs, outputs)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        return self.encoder(
+        return self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).last_hidden_state
 
@@ -113,3 +116,13 @@ class FinetuneModule(TaskModule):
         else:
             scores = self.head(self.dropout(self(**inputs)[:, 0]))
         return F.log_softmax(scores.float(), dim=-1)
+
+    def step(self, batch: dict) -> StepOutput:
+        log_probs = self.class_log_probs(batch)
+        return StepOutput({"cls": F.nll_loss(log_probs, batch["labels"])}, log_probs, targets=batch["labels"])
+
+    def batch_size(self, batch: dict) -> int:
+        return len(batch["ids"])
+
+    def predict(self, batch: dict) -> list[dict]:
+        return submission_rows(self.task, batch["ids"], self.class_log_probs(batch).argmax(-1).tolist())

@@ -21,56 +21,47 @@ All MLM-type losses use the backbone's own MLM head, so the export is a plain ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.errors import ConfigError
+from errors import ConfigError
 from datamodules.pretraining import PretrainRow
+from datamodules.protocol import StageData
 from lightning_modules.kg_heads import MentionTagger, SpoScorer, margin_loss, tagging_loss
 from lightning_modules.knowledge_fusion import GatedKnowledgeFusion, batch_graphs, name_features, sentence_graph
-from lightning_modules.masking import IGNORE, bio_tags, choose_positions, corrupt, generator_for, mask_texts
-from lightning_modules.pretrain_base import PretrainModule, StepOutput
+from lightning_modules.masking import IGNORE, bio_tags, choose_positions, corrupt, generator_for, mask_texts, token_span
+from lightning_modules.optim import Optim
+from lightning_modules.stage import StageModule, StepOutput
 
-DEFAULT_WEIGHTS = {"mlm": 1.0, "mention": 0.5, "spo_mask": 1.0, "spo_margin": 1.0, "fusion": 0.5}
-
-
-class KgBertModule(PretrainModule):
+class KgBertModule(StageModule):
     loss_names = ("mlm", "mention", "spo_mask", "spo_margin", "fusion")
+    eval_loss = "mlm"
 
     def __init__(
         self,
         masked_lm: nn.Module,
         tokenizer,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable | None = None,
-        task=None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.01,
-        max_length: int = 128,
-        max_pair_length: int = 160,
-        mask_prob: float = 0.15,
-        whole_word_mentions: bool = True,
-        mention_mask_prob: float = 0.4,
-        spo_text_mask_prob: float = 0.5,
-        margin: float = 1.0,
-        loss_weights: dict[str, float] | None = None,
-        fusion_layers: int = 2,
-        gate_l1: float = 0.01,
-        max_name_tokens: int = 16,
-        dropout: float = 0.1,
-        final_window: int = 10,
-        export_dir: str | None = None,
+        optim: Optim,
+        max_length: int,
+        max_pair_length: int,
+        mask_prob: float,
+        whole_word_mentions: bool,
+        mention_mask_prob: float,
+        spo_text_mask_prob: float,
+        margin: float,
+        loss_weights: dict[str, float],
+        fusion_layers: int,
+        gate_l1: float,
+        max_name_tokens: int,
+        dropout: float,
+        export_dir: str | None,
     ) -> None:
         # A plain dict (not Hydra's DictConfig), so the checkpoint's hyperparameters load with weights_only.
-        loss_weights = {str(k): float(v) for k, v in (loss_weights or {}).items()}
-        weights = {**DEFAULT_WEIGHTS, **(loss_weights or {})}
-        super().__init__(
-            masked_lm, tokenizer, optimizer, scheduler, lr, weight_decay, weights, final_window, export_dir
-        )
-        self.save_hyperparameters(ignore=["masked_lm", "tokenizer", "optimizer", "scheduler", "task"])
+        loss_weights = {str(k): float(v) for k, v in loss_weights.items()}
+        vocab_size = masked_lm.get_input_embeddings().num_embeddings
+        super().__init__(masked_lm, tokenizer, optim, vocab_size, loss_weights, export_dir)
+        self.save_hyperparameters(ignore=["masked_lm", "tokenizer", "optim"])
         if not 0.0 <= spo_text_mask_prob <= 1.0:
             raise ConfigError(f"stage.spo_text_mask_prob={spo_text_mask_prob}; allowed: [0, 1]")
         hidden = masked_lm.config.hidden_size
@@ -166,11 +157,9 @@ class KgBertModule(PretrainModule):
         s, p, o = row.triple
         mention_tokens: list[int] = []
         for start, end, name in row.mentions:
-            if name in (s, o):
-                first = encoding.char_to_token(i, start, sequence_index=0)
-                last = encoding.char_to_token(i, end - 1, sequence_index=0)
-                if first is not None and last is not None:
-                    mention_tokens += range(first, last + 1)
+            span = token_span(encoding, i, start, end) if name in (s, o) else None
+            if span is not None:
+                mention_tokens += range(*span)
         draw = torch.rand(2, generator=generator).tolist()
         if mention_tokens and draw[0] < self.spo_text_mask_prob:
             return mention_tokens
@@ -212,10 +201,10 @@ class KgBertModule(PretrainModule):
             scores = self.spo_head(self.encode(pairs["inputs"])[:, 0]).view(*pairs["groups"])
             losses["spo_margin"] = margin_loss(scores.float(), self.margin)
         idle = [m for name, m in (("fusion", self.fusion), ("spo_margin", self.spo_head)) if name not in losses]
-        return StepOutput(losses, predicted, targets, metrics, self.idle_term(idle))
+        return StepOutput(losses, predictions=predicted, targets=targets, metrics=metrics, idle=self.idle_term(idle))
 
     def node_features(self, batch: dict) -> torch.Tensor:
-        embeddings = self.masked_lm.get_input_embeddings()
+        embeddings = self.backbone.get_input_embeddings()
         graph = batch["graph"]
         features = name_features(embeddings, batch["name_ids"], batch["name_mask"])[graph.name_of_node]
         mask_vector = embeddings.weight[self.tokenizer.mask_token_id].to(features.dtype)
@@ -244,21 +233,12 @@ class KgBertModule(PretrainModule):
 
     # -- Lightning hooks -------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        stats = getattr(self.trainer.datamodule, "stats", None) or {}
-        if not stats.get("kg/aligned_pairs"):
+        datamodule: StageData = self.trainer.datamodule
+        if not datamodule.stats.get("kg/aligned_pairs"):
             raise ConfigError(
                 "stage=kgbert needs sentences aligned with KG triples, and kg/aligned_pairs=0: point data.kg.files "
                 "at triple files (e.g. KG_DIR=../shared/kg) and check that their entities occur in the corpus"
             )
-
-    def on_train_start(self) -> None:
-        stats = self.extra_stats()
-        for logger in self.loggers:
-            logger.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))}, step=0)
-
-    def extra_stats(self) -> dict:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        return dict(getattr(datamodule, "stats", None) or {})
 
     def export_modules(self) -> dict[str, nn.Module]:
         """The fusion module and the mention/SPO heads, beside the masked LM (``knowledge_fusion/``)."""

@@ -1,4 +1,4 @@
-"""``optimizer=lamb``: LAMB (You et al., 2020), layer-wise trust ratio for large-batch pretraining.
+"""``optim=lamb``: LAMB (You et al., 2020), layer-wise trust ratio for large-batch pretraining.
 
 On a CUDA device DeepSpeed's fused kernel (``deepspeed.ops.lamb.FusedLamb``, compiled on first use);
 elsewhere the maintained pure-PyTorch implementation of ``pytorch-optimizer`` (``pytorch_optimizer.Lamb``).
@@ -14,11 +14,11 @@ import torch
 
 def lamb(
     params: Iterable,
-    lr: float = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-6,
-    weight_decay: float = 0.01,
-    fused: bool | None = None,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    fused: bool | None,
+    weight_decay: float = 0.0,  # the parameter groups of stage.optim carry the weight decay
 ) -> torch.optim.Optimizer:
     """LAMB; ``fused=None`` picks DeepSpeed's FusedLamb when CUDA is available, pytorch-optimizer's Lamb otherwise."""
     fused = torch.cuda.is_available() if fused is None else fused

@@ -7,42 +7,35 @@ using any triple, to separate the effect of masking from that of the knowledge o
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
 from torch import nn
 
 from datamodules.pretraining import PretrainRow
 from lightning_modules.masking import mask_texts
-from lightning_modules.pretrain_base import PretrainModule, StepOutput
+from lightning_modules.optim import Optim
+from lightning_modules.stage import StageModule, StepOutput
 
 
-class MlmModule(PretrainModule):
+class MlmModule(StageModule):
     loss_names = ("mlm",)
+    eval_loss = "mlm"
 
     def __init__(
         self,
         masked_lm: nn.Module,
         tokenizer,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable | None = None,
-        task=None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.01,
-        max_length: int = 128,
-        mask_prob: float = 0.15,
-        whole_word_mentions: bool = False,
-        mention_mask_prob: float = 0.4,
-        loss_weights: dict[str, float] | None = None,
-        final_window: int = 10,
-        export_dir: str | None = None,
+        optim: Optim,
+        max_length: int,
+        mask_prob: float,
+        whole_word_mentions: bool,
+        mention_mask_prob: float,
+        loss_weights: dict[str, float],
+        export_dir: str | None,
     ) -> None:
         # A plain dict (not Hydra's DictConfig), so the checkpoint's hyperparameters load with weights_only.
-        loss_weights = {str(k): float(v) for k, v in (loss_weights or {}).items()}
-        super().__init__(
-            masked_lm, tokenizer, optimizer, scheduler, lr, weight_decay, loss_weights, final_window, export_dir
-        )
-        self.save_hyperparameters(ignore=["masked_lm", "tokenizer", "optimizer", "scheduler", "task"])
+        loss_weights = {str(k): float(v) for k, v in loss_weights.items()}
+        vocab_size = masked_lm.get_input_embeddings().num_embeddings
+        super().__init__(masked_lm, tokenizer, optim, vocab_size, loss_weights, export_dir)
+        self.save_hyperparameters(ignore=["masked_lm", "tokenizer", "optim"])
         self.max_length = max_length
         self.mask_prob = mask_prob
         self.span_prob = mention_mask_prob if whole_word_mentions else 0.0
@@ -56,4 +49,4 @@ class MlmModule(PretrainModule):
 
     def step(self, batch: dict) -> StepOutput:
         loss, predicted, targets = self.mlm_loss(self.encode(batch["inputs"]), batch["labels"])
-        return StepOutput({"mlm": loss}, predicted, targets)
+        return StepOutput({"mlm": loss}, predictions=predicted, targets=targets)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from datamodules.errors import ConfigError, DataError
+from errors import ConfigError, DataError
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 MASK = "mask"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from datamodules.errors import ConfigError
+from errors import ConfigError
 
 AGGREGATIONS = ("sum_prob", "mean_logit", "mean_logprob")
 

@@ -62,6 +62,13 @@ def compose_config(overrides: list[str], output_dir: Path, data_dir: Path | None
     return cfg
 
 
+def datamodule_for(task: str, run_dir: Path, data_dir: Path | None, *overrides: str):
+    """``data=fewclue`` for ``task`` as train.py builds it (``run_dir/../cache`` as the cache)."""
+    from train import instantiate_with
+
+    return instantiate_with(compose_config([f"task={task}", *overrides], run_dir, data_dir).data)
+
+
 @pytest.fixture
 def make_config(tmp_path, shared_fewclue):
     def make(overrides: list[str], data_dir: Path | None = None):

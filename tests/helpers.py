@@ -35,3 +35,20 @@ class FailAfterFirstStep:
                 raise RuntimeError("boom: simulated failure after the first step")
 
         return _Fail()
+
+
+def stage_module(stage: str, masked_lm, tokenizer, run_dir: Path, *overrides: str):
+    """``stage=<stage>`` as train.py builds it from conf/, on a given masked LM and tokenizer."""
+    from tests.conftest import compose_config
+    from train import instantiate_with
+
+    cfg = compose_config([f"stage={stage}", *overrides], run_dir)
+    return instantiate_with(cfg.stage, masked_lm=masked_lm, tokenizer=tokenizer)
+
+
+def tiny_bert(run_dir: Path, *overrides: str):
+    """``model=tiny`` as train.py builds it from conf/, with overrides (``model.hidden_size=32``, ...)."""
+    from tests.conftest import compose_config
+    from train import instantiate_with
+
+    return instantiate_with(compose_config(["model=tiny", *overrides], run_dir).model)

@@ -12,9 +12,9 @@ import torch
 from tests.test_strategies import clean_rank_environment, fit_directly  # noqa: F401 (autouse fixture)
 
 # No dropout (random draws), SGD (the update is lr * gradient, so weights compare gradients), one step.
-EXACT = ["model.dropout=0.0", "stage.dropout=0.0", "stage.optimizer._target_=torch.optim.SGD",
-         "~stage.optimizer.betas", "~stage.optimizer.eps", "stage.lr=1.0", "stage.weight_decay=0.0",
-         "stage.scheduler=null", "trainer.gradient_clip_val=null", "trainer.max_steps=1",
+EXACT = ["model.dropout=0.0", "stage.dropout=0.0", "stage.optim.optimizer._target_=torch.optim.SGD",
+         "~stage.optim.optimizer.betas", "~stage.optim.optimizer.eps", "stage.optim.lr=1.0", "stage.optim.weight_decay=0.0",
+         "stage.optim.scheduler=null", "trainer.gradient_clip_val=null", "trainer.max_steps=1",
          "trainer.limit_val_batches=0"]
 
 

@@ -10,10 +10,11 @@ import pytest
 
 from datamodules.alignment import AlignmentRules, EntityMatcher, align, longest_non_overlapping
 from datamodules.corpus import CorpusSource, corpus_files, read_corpus, read_text_file, rejoin_spaced, split_long
-from datamodules.errors import DataError
+from errors import DataError
 from datamodules.kg import KgSource, KnowledgeGraph, load_kg, read_spo
 from datamodules.negatives import corrupt, sample_negatives
-from datamodules.pretraining import PretrainCorpusDataModule
+from tests.conftest import compose_config
+from train import instantiate_with
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -176,10 +177,10 @@ def test_datamodule_caches_the_alignment(tmp_path, monkeypatch):
     spo.write_text("\n".join("\t".join(t) for t in TRIPLES) + "\n", encoding="utf-8")
 
     def make():
-        return PretrainCorpusDataModule(
-            corpus=CorpusSource(files=[str(corpus)], fewclue_tasks=[]), kg=KgSource(files=[str(spo)]),
-            alignment=AlignmentRules(min_stop_sentences=100), cache_dir=str(tmp_path / "cache"), val_size=2,
-        )
+        cfg = compose_config(["stage=kgbert", f"data.corpus.files=[{corpus}]", "data.corpus.fewclue_tasks=[]",
+                              f"data.kg.files=[{spo}]", "data.alignment.min_stop_sentences=100", "data.val_size=2"],
+                             tmp_path / "run")
+        return instantiate_with(cfg.data)
 
     first = make()
     first.prepare_data()

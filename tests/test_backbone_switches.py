@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules.errors import ConfigError
-from lightning_modules.backbones import TinyBert, transformer_layers
+from errors import ConfigError
+from lightning_modules.backbones import transformer_layers
+from tests.helpers import tiny_bert
 
 
 class Tok:
@@ -18,10 +19,11 @@ class Tok:
         return 50
 
 
-def tiny(tmp_path, **switches):
+def tiny(tmp_path, *switches: str):
+    factory = tiny_bert(tmp_path / "run", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2",
+                        "model.intermediate_size=64", "model.dropout=0.0", *switches)
     torch.manual_seed(0)
-    return TinyBert(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, dropout=0.0,
-                    cache_dir=str(tmp_path), **switches).masked_lm(Tok())
+    return factory.masked_lm(Tok())
 
 
 def batch():
@@ -39,7 +41,7 @@ def loss_and_grads(model):
 
 
 def test_activation_checkpointing_recomputes_each_layer_and_keeps_the_gradients(tmp_path):
-    plain, checkpointed = tiny(tmp_path), tiny(tmp_path, activation_checkpointing=True)
+    plain, checkpointed = tiny(tmp_path), tiny(tmp_path, "model.activation_checkpointing=true")
     checkpointed.train()
     plain.train()
     calls = {"plain": 0, "checkpointed": 0}
@@ -58,7 +60,7 @@ def test_activation_checkpointing_recomputes_each_layer_and_keeps_the_gradients(
 
 
 def test_sdpa_and_eager_attention_compute_the_same_outputs(tmp_path):
-    sdpa, eager = tiny(tmp_path, attn_implementation="sdpa"), tiny(tmp_path, attn_implementation="eager")
+    sdpa, eager = tiny(tmp_path, "model.attn_implementation=sdpa"), tiny(tmp_path, "model.attn_implementation=eager")
     assert sdpa.config._attn_implementation == "sdpa" and eager.config._attn_implementation == "eager"
     sdpa.eval(), eager.eval()
     inputs = {k: v for k, v in batch().items() if k != "labels"}
@@ -67,12 +69,12 @@ def test_sdpa_and_eager_attention_compute_the_same_outputs(tmp_path):
 
 def test_unknown_attention_is_a_config_error_naming_the_choices(tmp_path):
     with pytest.raises(ConfigError, match=r"model.attn_implementation='flash'.*\['sdpa', 'eager'\]"):
-        TinyBert(attn_implementation="flash", cache_dir=str(tmp_path))
+        tiny_bert(tmp_path / "run", "model.attn_implementation=flash")
 
 
 @pytest.mark.slow  # inductor compiles C++ kernels on CPU: about a minute on 2 cores
 def test_compile_compiles_each_layer_and_matches_eager(tmp_path):
-    eager, compiled = tiny(tmp_path), tiny(tmp_path, compile=True)
+    eager, compiled = tiny(tmp_path), tiny(tmp_path, "model.compile=true")
     assert all(layer._compiled_call_impl is not None for layer in transformer_layers(compiled))
     assert all(layer._compiled_call_impl is None for layer in transformer_layers(eager))
     loss_a, grads_a = loss_and_grads(eager)
@@ -86,7 +88,7 @@ def test_lamb_on_cpu_is_pytorch_optimizer_lamb_with_layerwise_trust_ratio(make_c
     from hydra.utils import instantiate
     from pytorch_optimizer import Lamb
 
-    factory = instantiate(make_config(["optimizer=lamb"]).stage.optimizer)
+    factory = instantiate(make_config(["optim=lamb"]).stage.optim.optimizer)
     small = torch.nn.Parameter(torch.full((4, 4), 0.1))
     large = torch.nn.Parameter(torch.full((4, 4), 1.0))
     optimizer = factory([{"params": [small, large], "weight_decay": 0.0}], lr=0.01)

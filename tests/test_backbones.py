@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.backbones import PretrainedMLM, TinyBert
 from lightning_modules.char_vocab import SPECIAL_TOKENS, build_char_vocab, char_tokenizer
+from tests.conftest import compose_config
+from tests.helpers import tiny_bert
+from train import instantiate_with
 
 
 def test_char_vocab_has_bert_specials_then_characters():
@@ -25,8 +27,11 @@ def test_char_tokenizer_ids_match_the_vocabulary_file_and_are_cached(tmp_path):
     assert len(list((tmp_path / "char_vocab").glob("vocab-*.txt"))) == 1
 
 
+SMALL = ("model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64")
+
+
 def test_tiny_bert_matches_its_config(tmp_path):
-    factory = TinyBert(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, cache_dir=str(tmp_path))
+    factory = tiny_bert(tmp_path / "run", *SMALL)
     tokenizer = factory.tokenizer(["你好世界"])
     model = factory.masked_lm(tokenizer)
     assert model.config.vocab_size == len(tokenizer) == 5 + 4
@@ -35,12 +40,12 @@ def test_tiny_bert_matches_its_config(tmp_path):
 
 
 def test_pretrained_mlm_loads_a_saved_checkpoint_in_float32(tmp_path):
-    factory = TinyBert(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, cache_dir=str(tmp_path))
+    factory = tiny_bert(tmp_path / "run", *SMALL)
     tokenizer = factory.tokenizer(["你好世界"])
     model = factory.masked_lm(tokenizer).half().eval()
     model.save_pretrained(tmp_path / "ckpt")
     tokenizer.save_pretrained(tmp_path / "ckpt")
-    loaded = PretrainedMLM(str(tmp_path / "ckpt"))
+    loaded = instantiate_with(compose_config(["model=hf", f"model.pretrained={tmp_path / 'ckpt'}"], tmp_path / "run").model)
     reloaded = loaded.masked_lm(loaded.tokenizer()).eval()
     assert reloaded.dtype == torch.float32
     batch = tokenizer(["世界"], return_tensors="pt")

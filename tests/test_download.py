@@ -8,12 +8,8 @@ import shutil
 import threading
 
 import pytest
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
-from datamodules.errors import DataError
-from datamodules.fewclue import FewClueDataModule
-from tests.conftest import CONF
+from errors import DataError
+from tests.conftest import datamodule_for
 
 
 @pytest.fixture
@@ -31,10 +27,9 @@ def http_root(tmp_path, shared_fewclue):
 
 
 def test_missing_files_are_downloaded_into_the_cache(http_root, tmp_path, shared_fewclue):
-    task = instantiate(OmegaConf.load(CONF / "task" / "eprstmt.yaml"), _convert_="all")
     empty_data_dir = tmp_path / "empty"
     empty_data_dir.mkdir()
-    dm = FewClueDataModule(task, data_dir=str(empty_data_dir), cache_dir=str(tmp_path / "cache"), download_url=http_root)
+    dm = datamodule_for("eprstmt", tmp_path / "run", empty_data_dir, f"data.download_url={http_root}")
     dm.prepare_data()
     dm.setup()
     cached = tmp_path / "cache" / "fewclue" / "eprstmt"
@@ -46,9 +41,6 @@ def test_missing_files_are_downloaded_into_the_cache(http_root, tmp_path, shared
 
 
 def test_offline_and_missing_says_how_to_point_at_the_data(tmp_path):
-    task = instantiate(OmegaConf.load(CONF / "task" / "eprstmt.yaml"), _convert_="all")
-    dm = FewClueDataModule(
-        task, data_dir=str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "cache"), download_url="http://127.0.0.1:9"
-    )
+    dm = datamodule_for("eprstmt", tmp_path / "run", tmp_path / "nowhere", "data.download_url=http://127.0.0.1:9")
     with pytest.raises(DataError, match="FEWCLUE_DIR"):
         dm.prepare_data()

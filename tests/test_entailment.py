@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,7 @@ from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
 from datamodules.entailment import (
     BLANK,
-    EntailmentDataModule,
     EntailmentPair,
-    MlmText,
     group_batches,
     pairs_for_row,
     task_weights,
@@ -24,9 +21,11 @@ from datamodules.entailment import (
 from datamodules.fewclue_rows import read_rows
 from datamodules.task_configs import load_task_specs
 from lightning_modules.char_vocab import char_tokenizer
-from lightning_modules.entailment import EntailmentModule, row_decisions
+from datamodules.mlm_texts import MlmText
+from lightning_modules.entailment import row_decisions
 from tests.conftest import compose_config
-from train import train
+from tests.helpers import stage_module
+from train import instantiate_with, train
 
 CHID = "“{candidate}”"
 WSC = "“{span2}”指的是“{span1}”。"
@@ -102,8 +101,9 @@ def test_task_mixing_is_temperature_sampling_by_hand():
     assert task_weights({"big": 100, "small": 4}, alpha=0.0) == pytest.approx({"big": 0.5, "small": 0.5})
 
 
-def test_datamodule_builds_every_task_and_samples_by_the_rule(shared_fewclue):
-    dm = EntailmentDataModule(data_dir=str(shared_fewclue), split=0, negatives=3, val_rows_per_task=8)
+def test_datamodule_builds_every_task_and_samples_by_the_rule(shared_fewclue, tmp_path):
+    dm = instantiate_with(compose_config(["stage=entailment", "data.val_rows_per_task=8"], tmp_path / "run",
+                                         shared_fewclue).data)
     dm.setup()
     # split 0 rows x (1 + negatives, capped by the other labels); ocnli and cluewsc one pair per row.
     assert dm.counts == {"bustm": 64, "chid": 168, "cluewsc": 32, "csl": 64, "csldcp": 2144, "eprstmt": 64,
@@ -113,10 +113,10 @@ def test_datamodule_builds_every_task_and_samples_by_the_rule(shared_fewclue):
     assert dm.mixing["iflytek"] == pytest.approx(3712 ** 0.5 / total)
     # Unlabeled texts come from the tasks that have an unlabeled.json (eprstmt, bustm, tnews, chid).
     assert len(dm.mlm_texts) > 50_000
-    dm.collate_fn = lambda rows: rows
+    dm.connect(lambda rows: rows, lambda texts: texts)
     loaders = dm.train_dataloader()
-    assert set(loaders) == {"pairs", "mlm"} and len(loaders["pairs"]) == len(loaders["mlm"])
-    drawn = Counter(p.task for batch in loaders["pairs"] for p in batch)
+    assert set(loaders) == {"main", "mlm"} and len(loaders["main"]) == len(loaders["mlm"])
+    drawn = Counter(p.task for batch in loaders["main"] for p in batch)
     n = sum(drawn.values())
     assert abs(drawn["iflytek"] / n - dm.mixing["iflytek"]) < 0.03
     assert abs(drawn["cluewsc"] / n - dm.mixing["cluewsc"]) < 0.02
@@ -132,14 +132,14 @@ def test_entailment_and_mlm_losses_fall_when_overfitting(tmp_path):
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    module = EntailmentModule(BertForMaskedLM(config), tokenizer, partial(torch.optim.AdamW), dropout=0.0,
-                              mask_prob=0.3)
-    batch = {"pairs": module.collate(pairs), "mlm": module.collate(texts)}
+    module = stage_module("entailment", BertForMaskedLM(config), tokenizer, tmp_path / "run", "stage.dropout=0.0",
+                          "stage.mask_prob=0.3")
+    batch = {"main": module.collate(pairs), "mlm": module.collate_mlm(texts)}
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
     history = []
     for _ in range(20):
-        out = module.step(batch)
-        loss = sum(module.loss_weights[k] * v for k, v in out.losses.items())
+        out = module.training_output(batch)
+        loss = module.total_loss(out)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -147,7 +147,7 @@ def test_entailment_and_mlm_losses_fall_when_overfitting(tmp_path):
     for name in ("entail", "mlm"):
         assert all(math.isfinite(h[name]) for h in history)
         assert history[-1][name] < 0.5 * history[0][name], (name, history[0][name], history[-1][name])
-    assert module.step(batch).predictions.tolist() == [1, 0, 0, 1]
+    assert module.training_output(batch).predictions.tolist() == [1, 0, 0, 1]
 
 
 def entailment_overrides() -> list[str]:

@@ -9,10 +9,9 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from datamodules.errors import DataError
-from datamodules.fewclue import FewClueDataModule
+from errors import DataError
 from datamodules.fewclue_rows import read_rows
-from tests.conftest import CONF, TASKS
+from tests.conftest import CONF, TASKS, datamodule_for
 
 
 def load_task(name: str):
@@ -27,7 +26,7 @@ def line_count(path) -> int:
 @pytest.mark.parametrize("split", ["0", "all"])
 def test_every_task_loads_every_row(name, split, shared_fewclue, tmp_path):
     task = load_task(name)
-    dm = FewClueDataModule(task, split=split, data_dir=str(shared_fewclue), cache_dir=str(tmp_path))
+    dm = datamodule_for(name, tmp_path / "run", shared_fewclue, f"data.split={split}")
     dm.setup()
     train_file = "train_few_all.json" if split == "all" else "train_0.json"
     assert len(dm.train_rows) == line_count(shared_fewclue / name / train_file)
@@ -40,16 +39,16 @@ def test_every_task_loads_every_row(name, split, shared_fewclue, tmp_path):
 
 
 def test_quirks_string_ids_and_idx(shared_fewclue, tmp_path):
-    tnews = FewClueDataModule(load_task("tnews"), data_dir=str(shared_fewclue), cache_dir=str(tmp_path))
+    tnews = datamodule_for("tnews", tmp_path / "run", shared_fewclue)
     tnews.setup()
     assert isinstance(tnews.predict_rows[0].id, str) and tnews.predict_rows[0].id == "0"
     assert tnews.task.label_list[tnews.train_rows[0].label] == str(json.loads(open(shared_fewclue / "tnews/train_0.json").readline())["label"])
-    wsc = FewClueDataModule(load_task("cluewsc"), data_dir=str(shared_fewclue), cache_dir=str(tmp_path))
+    wsc = datamodule_for("cluewsc", tmp_path / "run", shared_fewclue)
     wsc.setup()
     first_train = json.loads(open(shared_fewclue / "cluewsc/train_0.json").readline())
     assert wsc.train_rows[0].id == first_train["idx"]
     assert wsc.train_rows[0].fields["span1"] == first_train["target"]["span1_text"]
-    chid = FewClueDataModule(load_task("chid"), data_dir=str(shared_fewclue), cache_dir=str(tmp_path))
+    chid = datamodule_for("chid", tmp_path / "run", shared_fewclue)
     chid.setup()
     row = chid.train_rows[0]
     assert row.fields["left"] + "#idiom#" + row.fields["right"] == json.loads(open(shared_fewclue / "chid/train_0.json").readline())["content"]
@@ -111,6 +110,6 @@ def test_every_bad_line_is_reported_not_just_the_first(eprstmt_copy):
     assert f"{path}:2:" in str(err.value) and f"{path}:5:" in str(err.value)
 
 
-def test_bad_split_name_lists_allowed_values():
+def test_bad_split_name_lists_allowed_values(tmp_path):
     with pytest.raises(DataError, match="allowed: 0, 1, 2, 3, 4, all"):
-        FewClueDataModule(load_task("eprstmt"), split="5")
+        datamodule_for("eprstmt", tmp_path / "run", None, "data.split=5")

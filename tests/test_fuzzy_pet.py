@@ -8,26 +8,23 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 
 from callbacks.self_training import select_balanced
-from datamodules.errors import ConfigError
-from datamodules.fewclue_rows import read_rows
+from errors import ConfigError
 from tests.conftest import TASKS
 from tests.helpers import read_jsonl
 from tests.test_train_finetune import OFFICIAL_LABELS
-from train import build, train, vocabulary_texts
+from train import build, train
 
 
 def _module(make_config, overrides: list[str]):
-    cfg = make_config(["stage=fuzzy_pet", *overrides])
-    task = instantiate(cfg.task, _convert_="all")
-    datamodule = build(cfg.data, task=task)
-    datamodule.setup("fit")
-    backbone = instantiate(cfg.model)
-    tokenizer = backbone.tokenizer(vocabulary_texts(datamodule, task))
-    module = build(cfg.stage, masked_lm=backbone.masked_lm(tokenizer), task=task, tokenizer=tokenizer)
-    return module.eval(), datamodule
+    built = build(make_config(["stage=fuzzy_pet", *overrides]))
+    return built.module.eval(), built.datamodule
+
+
+def training_loss(module, batch) -> torch.Tensor:
+    """The cloze training objective without dropout (the module stays in eval mode)."""
+    return module.mean_set_loss(module.word_scores(batch), batch["labels"])
 
 
 def test_fuzzy_training_loss_is_the_mean_over_sets_and_evaluation_pools_every_word(make_config):
@@ -55,7 +52,7 @@ def test_fuzzy_training_loss_is_the_mean_over_sets_and_evaluation_pools_every_wo
             F.nll_loss(class_probs([i for i, w in enumerate(module.words.words) if w.set_name == s]).log(), labels)
             for s in ("v1", "v2", "v3")
         ]
-        assert module.training_loss(batch).item() == pytest.approx(torch.stack(per_set).mean().item(), abs=1e-5)
+        assert training_loss(module, batch).item() == pytest.approx(torch.stack(per_set).mean().item(), abs=1e-5)
         pooled = class_probs(list(range(len(module.words.words))))
         assert module.class_log_probs(batch).exp() == pytest.approx(pooled, abs=1e-5)
 
@@ -70,7 +67,7 @@ def test_verbalizer_v1_scores_only_v1_words(make_config):
         ids = module.group_ids[2]
         words = torch.stack([lp[:, 0, a] + lp[:, 1, b] for a, b in ids.tolist()], -1)
         assert module.class_log_probs(batch) == pytest.approx(F.log_softmax(words, -1), abs=1e-5)
-        assert module.training_loss(batch).item() == pytest.approx(F.nll_loss(F.log_softmax(words, -1), batch["labels"]).item(), abs=1e-5)
+        assert training_loss(module, batch).item() == pytest.approx(F.nll_loss(F.log_softmax(words, -1), batch["labels"]).item(), abs=1e-5)
 
 
 def test_chid_scores_its_seven_candidates_on_four_masks(make_config):
@@ -146,7 +143,7 @@ def test_each_task_trains_tests_on_test_public_and_writes_its_leaderboard_file(
 def test_self_training_keeps_pseudo_labels_and_reports_them(make_config):
     cfg = make_config([
         "stage=fuzzy_pet", "task=eprstmt", "trainer.max_epochs=2", "data.batch_size=16", "trainer.limit_predict_batches=1",
-        "self_training.rounds=1", "self_training.epochs_per_round=1", "self_training.max_unlabeled=64",
+        "self_training.rounds=1", "self_training.epochs_per_round=1", "data.max_unlabeled=64",
         "self_training.threshold=0.0", "self_training.per_class=8",
     ])
     results = train(cfg)
@@ -170,17 +167,23 @@ def test_task_without_unlabeled_data_says_so_and_skips(make_config, caplog, caps
 
 
 def test_auxiliary_mlm_loss_is_weighted_into_the_training_loss(make_config):
-    import random
-
-    module, datamodule = _module(make_config, ["task=eprstmt", "stage.mlm_weight=0.25"])
-    module.unlabeled_texts = [r.fields["sentence"] for r in read_rows(module.task, datamodule.unlabeled_path, False)[:20]]
-    batch = module.collate(datamodule.train_rows[:4])
+    module, datamodule = _module(make_config, ["task=eprstmt", "stage.mlm_weight=0.25", "data.max_unlabeled=20",
+                                               "model.dropout=0.0"])
+    module.train()  # the training objective (dropout is off, so the numbers repeat)
+    loader = datamodule.train_dataloader()
+    assert set(loader) == {"main", "mlm"} and len(loader["mlm"]) == len(loader["main"])
+    main = module.collate(datamodule.train_rows[:4])
+    aux = next(iter(loader["mlm"]))
+    assert aux["size"] == 8 and (aux["labels"] != -100).any()  # data.mlm_batch_size texts, some masked
+    module.log = lambda *args, **kwargs: None  # no trainer to log to
     with torch.no_grad():
-        random.seed(0), torch.manual_seed(1)
-        total = module.training_loss(batch)
-        random.seed(0), torch.manual_seed(1)
-        mlm = module.mlm_loss(random.sample(module.unlabeled_texts, 8))
-        module.mlm_weight = 0.0
-        cloze = module.training_loss(batch)
+        total = module.training_step({"main": main, "mlm": aux}, 0)
+        cloze = training_loss(module, main)
+        mlm = module.mlm_loss(module.encode(aux["inputs"]), aux["labels"])[0]
     assert mlm.item() > 0 and cloze.item() > 0
     assert total.item() == pytest.approx(0.75 * cloze.item() + 0.25 * mlm.item(), abs=1e-5)
+
+
+def test_without_mlm_weight_training_batches_are_plain(make_config):
+    _, datamodule = _module(make_config, ["task=eprstmt"])
+    assert not isinstance(datamodule.train_dataloader(), dict)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,10 @@ from datamodules.alignment import AlignmentRules, align
 from datamodules.kg import KnowledgeGraph
 from datamodules.pretraining import AlignedDataset
 from lightning_modules.char_vocab import char_tokenizer
-from lightning_modules.kgbert import KgBertModule
 from lightning_modules.knowledge_fusion import GatedKnowledgeFusion, batch_graphs, load_fusion, sentence_graph
 from lightning_modules.masking import IGNORE, bio_tags, choose_positions, corrupt
-from lightning_modules.mlm import MlmModule
 from tests.conftest import compose_config
+from tests.helpers import stage_module
 from train import train
 
 TRIPLES = [
@@ -123,19 +121,19 @@ def tiny_masked_lm(tokenizer, hidden: int = 64) -> BertForMaskedLM:
     return BertForMaskedLM(config)
 
 
-def test_every_kgbert_loss_is_finite_and_falls_when_overfitting_a_few_rows(kg_rows):
+def test_every_kgbert_loss_is_finite_and_falls_when_overfitting_a_few_rows(kg_rows, tmp_path):
     rows, tokenizer, stats = kg_rows
     # 高血压 1 + 头痛 2; 发热 1 + 咳嗽 1; 肺炎 1 + 发热 1; 阿司匹林 1 + 头痛 2; 感冒 1 + 咳嗽 1; none.
     assert stats["kg/aligned_pairs"] == 12 and stats["kg/aligned_sentences"] == 5
-    module = KgBertModule(tiny_masked_lm(tokenizer, hidden=32), tokenizer, partial(torch.optim.AdamW),
-                          dropout=0.0, mask_prob=0.3)
+    module = stage_module("kgbert", tiny_masked_lm(tokenizer, hidden=32), tokenizer, tmp_path / "run",
+                          "stage.dropout=0.0", "stage.mask_prob=0.3")
     batch = module.collate(rows)  # fixed masks (mask_seed), so the same batch is fitted every step
     assert batch["spo_mask"] is not None and batch["margin"]["groups"] == (5, 4)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
     history = []
     for _ in range(20):
-        out = module.step(batch)
-        total = sum(module.loss_weights[k] * v for k, v in out.losses.items())
+        out = module.training_output(batch)
+        total = module.total_loss(out)
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
@@ -150,7 +148,7 @@ def test_every_kgbert_loss_is_finite_and_falls_when_overfitting_a_few_rows(kg_ro
 
 def test_export_reloads_with_identical_logits(kg_rows, tmp_path):
     rows, tokenizer, _ = kg_rows
-    module = KgBertModule(tiny_masked_lm(tokenizer), tokenizer, partial(torch.optim.AdamW))
+    module = stage_module("kgbert", tiny_masked_lm(tokenizer), tokenizer, tmp_path / "run")
     module.eval()
     export = module.export(tmp_path / "export")
     model = AutoModelForMaskedLM.from_pretrained(export).eval()
@@ -159,16 +157,16 @@ def test_export_reloads_with_identical_logits(kg_rows, tmp_path):
     original = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     assert encoded["input_ids"].tolist() == original["input_ids"].tolist()
     with torch.no_grad():
-        assert torch.equal(model(**encoded).logits, module.masked_lm(**encoded).logits)
+        assert torch.equal(model(**encoded).logits, module.backbone(**encoded).logits)
     fusion = load_fusion(export)
     for key, value in module.fusion.state_dict().items():
         assert torch.equal(fusion.state_dict()[key], value)
 
 
-def test_mlm_module_masks_mentions_whole_when_asked(kg_rows):
+def test_mlm_module_masks_mentions_whole_when_asked(kg_rows, tmp_path):
     rows, tokenizer, _ = kg_rows
-    module = MlmModule(tiny_masked_lm(tokenizer), tokenizer, partial(torch.optim.AdamW), whole_word_mentions=True,
-                       mention_mask_prob=1.0, mask_prob=0.3)
+    module = stage_module("mlm", tiny_masked_lm(tokenizer), tokenizer, tmp_path / "run", "stage.whole_word_mentions=true",
+                          "stage.mention_mask_prob=1.0", "stage.mask_prob=0.3")
     batch = module.collate(rows[:1])  # 他患有高血压，经常头痛。: 12 characters, budget round(0.3 * 12) = 4
     masked = (batch["labels"][0] != IGNORE).nonzero().flatten().tolist()
     # 高血压 (tokens 4-6) and 头痛 (10-11) cannot both fit in 4; whichever is drawn first is masked whole.

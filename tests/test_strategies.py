@@ -6,10 +6,10 @@ import json
 import socket
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import open_dict
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from transformers import BertModel
 
@@ -17,7 +17,7 @@ from lightning_modules.consolidate import full_state_dict
 from lightning_modules.strategies import CPUCapableDeepSpeedStrategy, consolidated_checkpoint
 from tests.conftest import CONF
 from tests.helpers import read_jsonl, run_cli
-from train import build, train, vocabulary_texts
+from train import build, train
 
 ZERO = ["zero1", "zero2", "zero3"]
 OFFLOAD = ["zero2_offload", "zero3_offload"]
@@ -101,8 +101,8 @@ def test_zero3_weights_match_a_plain_run_and_export_in_hugging_face_format(tmp_p
     """
     overrides = ["trainer.max_steps=3", "data.batch_size=32", "model.dropout=0.0", "stage.dropout=0.0",
                  "trainer.limit_val_batches=0",
-                 "stage.optimizer._target_=torch.optim.SGD", "~stage.optimizer.betas", "~stage.optimizer.eps",
-                 "stage.lr=0.5"]
+                 "stage.optim.optimizer._target_=torch.optim.SGD", "~stage.optim.optimizer.betas", "~stage.optim.optimizer.eps",
+                 "stage.optim.lr=0.5"]
     _, _, plain = fit_directly(make_config(overrides, fewclue_with_test_public), keep_initial=True)
     initial = plain.initial_state
     reference = {k: v.detach().clone() for k, v in plain.encoder.state_dict().items()}
@@ -121,8 +121,8 @@ def test_zero3_weights_match_a_plain_run_and_export_in_hugging_face_format(tmp_p
     saved = consolidated_checkpoint(checkpoint.best_model_path)
     assert saved["global_step"] == 3
     for key, value in state.items():
-        if f"encoder.{key}" in saved["state_dict"]:
-            torch.testing.assert_close(saved["state_dict"][f"encoder.{key}"], value, msg=key)
+        if f"backbone.{key}" in saved["state_dict"]:
+            torch.testing.assert_close(saved["state_dict"][f"backbone.{key}"], value, msg=key)
     # Hugging Face export of the consolidated weights
     module.encoder.save_pretrained(tmp_path / "export", state_dict=dict(state))  # it pops entries
     reloaded = BertModel.from_pretrained(tmp_path / "export", add_pooling_layer=False).state_dict()
@@ -205,29 +205,24 @@ def test_zero3_two_processes_on_cpu_through_the_cli(tmp_path, shared_fewclue):
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def fit_directly(cfg, callbacks=(), ckpt_path=None, keep_initial=False, **trainer_overrides):
-    """train.py's build steps, with a Trainer carrying the test's own callbacks."""
-    L.seed_everything(cfg.seed, workers=True)
-    task = instantiate(cfg.task, _convert_="all")
-    datamodule = build(cfg.data, task=task)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    backbone = instantiate(cfg.model)
-    tokenizer = backbone.tokenizer(vocabulary_texts(datamodule, task))
-    module = build(cfg.stage, masked_lm=backbone.masked_lm(tokenizer), task=task, tokenizer=tokenizer)
-    datamodule.collate_fn = module.collate
+def fit_directly(cfg, callbacks=(), ckpt_path=None, keep_initial=False):
+    """train.py's build, without loggers, with the test's own callbacks (a ModelCheckpoint among them replaces
+    the default one), then fit."""
+    with open_dict(cfg):
+        cfg.logger = None
+        if any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            del cfg.callbacks["model_checkpoint"]
+    built = build(cfg, extra_callbacks=callbacks)
     if keep_initial:
-        module.initial_state = {k: v.detach().clone() for k, v in module.encoder.state_dict().items()}
-    default_checkpoint = [instantiate(cfg.callbacks.model_checkpoint)] if not any(
-        isinstance(c, ModelCheckpoint) for c in callbacks) else []
-    trainer = build(cfg.trainer, callbacks=[*callbacks, *default_checkpoint], logger=False,
-                    enable_progress_bar=False, **trainer_overrides)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return datamodule, trainer, module
+        built.module.initial_state = {k: v.detach().clone() for k, v in built.module.encoder.state_dict().items()}
+    built.trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=ckpt_path)
+    return built.datamodule, built.trainer, built.module
 
 
 # -- beyond one machine ---------------------------------------------------------------------------------
 def test_slurm_launcher_composes_one_task_per_device(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
+                        reason="optional: pip install -e '.[slurm]' (hydra-submitit-launcher) for hydra/launcher=slurm")
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf

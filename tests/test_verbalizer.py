@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from datamodules.errors import ConfigError
+from errors import ConfigError
 from lightning_modules.patterns import PatternEncoder, parse_pattern, water_fill
 from lightning_modules.verbalizer import Verbalizer, class_log_probs, word_log_probs, word_logits
 

@@ -1,0 +1,48 @@
+"""What train.py, the stages and the callbacks may use of a DataModule, as typed protocols.
+
+Every DataModule (FewCLUE tasks, entailment pairs, the KG-aligned corpus) is a ``StageData``;
+the ones that serve one task's labelled rows (``data=fewclue``) are also ``TaskData``, which
+self-training and Fuzzy-PET rely on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from datamodules.task_spec import TaskSpec
+
+
+@runtime_checkable
+class StageData(Protocol):
+    # Counts and facts of the data (rows per split, alignment coverage, ...), logged at the start of
+    # training and written into results.json.
+    stats: dict[str, Any]
+
+    def texts(self) -> list[str]:
+        """Every text the stage will see, for building a character vocabulary."""
+
+    def connect(self, collate: Callable[[list], dict], collate_mlm: Callable[[list], dict] | None = None) -> None:
+        """The stage's collate functions; ``collate_mlm`` adds a loader of unlabeled texts to training."""
+
+    @property
+    def has_test_labels(self) -> bool:
+        """True when there is a labelled test set to evaluate (FewCLUE's test_public.json)."""
+
+    @property
+    def predict_rows(self) -> list:
+        """Rows to write predictions for (the leaderboard's test.json); [] for none."""
+
+
+@runtime_checkable
+class TaskData(StageData, Protocol):
+    task: TaskSpec
+    train_rows: list
+    val_rows: list
+    batch_size: int
+
+    def unlabeled_rows(self) -> list:
+        """The task's unlabeled rows (capped by ``data.max_unlabeled``); [] when it has none."""
+
+    def set_pseudo_labelled(self, rows: list) -> None:
+        """Train on the labelled rows plus these pseudo-labelled ones (replacing earlier ones)."""
