@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -60,16 +61,35 @@ def instantiate_with(node: DictConfig, **objects: Any) -> Any:
     """Instantiate ``node``, with live objects as extra arguments (kept out of OmegaConf's hands).
 
     A user error raised inside a constructor (ConfigError, DataError) comes out as itself, not wrapped
-    in Hydra's InstantiationException, so that it ends the run with its one-line message."""
+    in Hydra's InstantiationException, and a key the target does not take (``+stage.foo=1``) becomes a
+    ConfigError naming it, so that either ends the run with a one-line message."""
     try:
         return instantiate(node, _partial_=True)(**objects) if objects else instantiate(node)
     except InstantiationException as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, (ConfigError, DataError)):
-            cause = cause.__cause__
-        if cause is None:
-            raise
-        raise cause from None
+        raise user_error(err, node._get_full_key(None)) from None
+    except TypeError as err:  # the partial's call: the live objects completed the arguments
+        raise user_error(err, node._get_full_key(None)) from None
+
+
+def user_error(err: Exception, where: str) -> Exception:
+    """The ConfigError/DataError inside ``err``, or a ConfigError for an argument the target does not take
+    or lacks; ``err`` itself when it is neither (a bug, which keeps its traceback)."""
+    text = str(err)
+    located = re.search(r"full_key: (\S+)", text)
+    where = located.group(1) if located else where
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, (ConfigError, DataError)):
+            return cause
+        if isinstance(cause, TypeError):
+            unknown = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
+            if unknown:
+                return ConfigError(f"{where}.{unknown.group(1)} is not a setting of {where}; remove it")
+            missing = re.search(r"missing \d+ required \w+(?:-only)? arguments?: (.+)$", str(cause))
+            if missing:
+                return ConfigError(f"{where} needs {missing.group(1)}")
+        cause = cause.__cause__
+    return err
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -197,7 +217,6 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return train(cfg)["val/acc"]
     except (ConfigError, DataError) as err:
-        log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

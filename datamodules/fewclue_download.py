@@ -5,16 +5,16 @@ Downloads go to a cache folder, never into ``data_dir`` (which may be a read-onl
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
-import tempfile
 import urllib.error
-import urllib.request
 from pathlib import Path
 
-from tqdm.auto import tqdm
+import torch
 
 from errors import DataError
+
+log = logging.getLogger(__name__)
 
 FEWCLUE_URL = "https://raw.githubusercontent.com/CLUEbenchmark/FewCLUE/main/datasets"
 OPTIONAL_FILES = ("test_public.json", "unlabeled.json")
@@ -39,22 +39,15 @@ def _has_files(folder: Path, names: list[str]) -> bool:
 
 
 def _fetch(url: str, target: Path) -> bool:
-    """Download ``url`` to ``target`` with a progress bar; False when the server has no such file."""
+    """Download ``url`` to ``target`` with a progress bar (via a temporary file); False when the server has no
+    such file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        response = urllib.request.urlopen(url, timeout=30)
+        torch.hub.download_url_to_file(url, str(target), progress=True)
     except urllib.error.HTTPError as err:
         if err.code == 404:
             return False
         raise
-    total = int(response.headers.get("Content-Length") or 0) or None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp, tqdm(
-        total=total, unit="B", unit_scale=True, desc=f"download {target.parent.name}/{target.name}"
-    ) as bar:
-        for chunk in iter(lambda: response.read(1 << 16), b""):
-            tmp.write(chunk)
-            bar.update(len(chunk))
-    shutil.move(tmp.name, target)
     return True
 
 
@@ -63,11 +56,18 @@ def locate_task_dir(
 ) -> Path:
     """The folder that holds the task's files: ``data_dir/task``, else the download cache (filled on demand)."""
     needed = required_files(split)
-    if data_dir:
+    if data_dir and (Path(data_dir) / task).is_dir():
         local = Path(data_dir) / task
-        if _has_files(local, needed):
-            return local
+        missing = [name for name in needed if not (local / name).is_file()]
+        if missing:
+            raise DataError(
+                f"{local}: missing {', '.join(missing)} (needed for data.split={split}); a task folder in "
+                "data.data_dir is used whole, never completed from the download cache"
+            )
+        return local
     cached = Path(cache_dir) / "fewclue" / task
+    if data_dir:
+        log.info("%s is absent: task %s comes from the download cache %s", Path(data_dir) / task, task, cached)
     if _has_files(cached, needed):
         return cached
     where = f"{Path(data_dir) / task}" if data_dir else "(no data.data_dir and no FEWCLUE_DIR)"

@@ -102,16 +102,10 @@ class FuzzyPetModule(StageModule):
 
     # -- masked LM -------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, token_type_ids, mask_positions) -> torch.Tensor:
-        """Logits over the vocabulary at the mask slots: [B, n, V]."""
-        model = self.backbone
-        if hasattr(model, "bert") and hasattr(model, "cls"):  # BERT: run the MLM head on the slots only
-            hidden = model.bert(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-            slots = hidden.gather(1, mask_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-            return model.cls(slots)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
-        return logits.gather(1, mask_positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+        """Logits over the vocabulary at the mask slots: [B, n, V] (the MLM head runs on the slots only)."""
+        hidden = self.encode({"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids})
+        slots = hidden.gather(1, mask_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return self.mlm_head(slots)
 
     # -- batches ---------------------------------------------------------------------------------
     def collate(self, rows: list[Row]) -> dict:
