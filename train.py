@@ -11,7 +11,10 @@ import json
 import logging
 import re
 import shutil
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +25,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from callbacks.leaderboard import LeaderboardWriter
 from datamodules.protocol import StageData
 from datamodules.task_spec import TaskSpec
-from errors import ConfigError, DataError
+from errors import ConfigError, DataError, Interrupted, TrainingDiverged
 from lightning_modules.stage import StageModule
 
 log = logging.getLogger("train")
@@ -55,6 +59,17 @@ def check_config(cfg: DictConfig) -> None:
             f"precision={precision} needs a CUDA GPU (fp16 autocast with loss scaling); this run is on CPU. "
             "Allowed here: precision=32-true or precision=bf16-mixed"
         )
+
+
+def resume_in_place(cfg: DictConfig) -> None:
+    """``ckpt_path=<run>/checkpoints/last.ckpt`` continues that run in its own directory, so that its best
+    checkpoint (selected on dev so far), results and predictions stay together and the outcome is the
+    uninterrupted run's."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and Path(ckpt).parent.name == "checkpoints":
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(Path(ckpt).resolve().parent.parent)
+        log.info("resuming the run in %s", cfg.paths.output_dir)
 
 
 def instantiate_with(node: DictConfig, **objects: Any) -> Any:
@@ -107,6 +122,7 @@ def vocabulary_texts(datamodule: StageData, task: TaskSpec) -> list[str]:
 def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Run:
     """Everything a run needs, data first: bad data stops the run before a model is built."""
     check_config(cfg)
+    resume_in_place(cfg)
     L.seed_everything(cfg.seed, workers=True)
     task = instantiate_with(cfg.task)
     datamodule: StageData = instantiate_with(cfg.data)
@@ -129,13 +145,14 @@ def run(r: Run) -> dict[str, Any]:
     cfg, trainer, module, datamodule = r.cfg, r.trainer, r.module, r.datamodule
     failed = True
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        best, val_acc = selected_checkpoint(trainer, module, datamodule)
-        test_acc = None
-        if datamodule.has_test_labels:
-            test_acc = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]["test/acc"]
-        if datamodule.predict_rows:
-            trainer.predict(module, datamodule=datamodule, ckpt_path=best, return_predictions=False)
+        with signals_reported(trainer):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            best, val_acc = selected_checkpoint(trainer, module, datamodule)
+            test_acc = None
+            if datamodule.has_test_labels:
+                test_acc = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]["test/acc"]
+            if datamodule.predict_rows:
+                trainer.predict(module, datamodule=datamodule, ckpt_path=best, return_predictions=False)
         failed = False
     finally:
         close_loggers(r.loggers, failed)
@@ -174,9 +191,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return run(build(cfg))
 
 
+@contextmanager
+def signals_reported(trainer: L.Trainer):
+    """SIGTERM (Lightning stops at the next step) and SIGINT end the run as ``Interrupted``, naming the step and
+    the checkpoint to resume from, so that main() exits with 128 + the signal number."""
+    caught: list[int] = []
+
+    def on_sigint(signum, frame):
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    except SIGTERMException:
+        raise Interrupted(signal.SIGTERM, interruption(trainer, "SIGTERM")) from None
+    except (KeyboardInterrupt, SystemExit):
+        if not caught:
+            raise
+        raise Interrupted(signal.SIGINT, interruption(trainer, "SIGINT")) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def interruption(trainer: L.Trainer, name: str) -> str:
+    latest = [cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor is None and cb.best_model_path]
+    last = latest[0] if latest else None
+    resume = f"resume with ckpt_path={last} (same overrides)" if last else "no checkpoint was written yet"
+    return f"interrupted by {name} at step {trainer.global_step} (epoch {trainer.current_epoch}); {resume}"
+
+
 def selected_checkpoint(trainer: L.Trainer, module, datamodule) -> tuple[str | None, float | None]:
     """The checkpoint chosen on dev and its val/acc; without one, the final weights measured on dev."""
-    checkpoint = trainer.checkpoint_callback
+    monitored = [cb for cb in trainer.checkpoint_callbacks if cb.monitor == "val/acc"]
+    checkpoint = monitored[0] if monitored else trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if best and checkpoint.monitor == "val/acc" and checkpoint.best_model_score is not None:
         return best, float(checkpoint.best_model_score)
@@ -219,6 +268,12 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
+    except Interrupted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        sys.exit(128 + err.signum)
 
 
 if __name__ == "__main__":

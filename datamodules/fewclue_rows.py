@@ -6,6 +6,7 @@ a file with errors stops the run before anything is trained.
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,9 @@ def _parse_row(task: TaskSpec, raw: dict, path: Path, line: int, labelled: bool)
     id_field = next((f for f in task.id_fields if f in raw), None)
     if id_field is None:
         raise DataError(f"{where}: missing field {task.id_fields[0]!r} (the row id); row has {sorted(raw)}")
+    row_id = raw[id_field]
+    if isinstance(row_id, bool) or not isinstance(row_id, (int, str)):
+        raise DataError(f"{where}: field {id_field!r}: the row id must be an integer or a string, got {row_id!r}")
     fields: dict[str, Any] = {}
     for name in task.text_fields:
         if name not in raw:
@@ -74,7 +78,7 @@ def _parse_row(task: TaskSpec, raw: dict, path: Path, line: int, labelled: bool)
         if task.label_field not in raw:
             raise DataError(f"{where}: missing field {task.label_field!r}; row has {sorted(raw)}")
         label = _class_index(task, raw[task.label_field], where)
-    return Row(id=raw[id_field], fields=fields, label=label, path=str(path), line=line)
+    return Row(id=row_id, fields=fields, label=label, path=str(path), line=line)
 
 
 def _class_index(task: TaskSpec, value: Any, where: str) -> int:
@@ -94,25 +98,44 @@ def _class_index(task: TaskSpec, value: Any, where: str) -> int:
 
 
 def read_rows(task: TaskSpec, path: Path, labelled: bool, allow_empty: bool = False) -> list[Row]:
-    """All rows of one JSON-lines file; raises DataError listing every bad line (up to 20)."""
+    """All rows of one JSON-lines file; raises DataError listing every bad line (up to 20).
+
+    The file must be UTF-8 (a leading BOM is allowed) and ids must be unique within it: every real
+    FewCLUE file, unlabeled.json included, has an id on each row and no id twice.
+    """
     path = Path(path)
     rows: list[Row] = []
     errors: list[str] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                raw = json.loads(text)
-            except json.JSONDecodeError as err:
-                errors.append(f"{path}:{line_number}: malformed JSON ({err.msg} at column {err.colno})")
-                continue
-            try:
-                rows.append(_parse_row(task, raw, path, line_number, labelled))
-            except DataError as err:
-                errors.append(str(err))
-            if len(errors) >= MAX_REPORTED_ERRORS:
-                break
+    first_line_of: dict[Any, int] = {}
+    # Bytes, decoded line by line, so that an encoding error names its line.
+    lines = path.read_bytes().removeprefix(codecs.BOM_UTF8).splitlines()
+    for line_number, data in enumerate(lines, start=1):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            errors.append(
+                f"{path}:{line_number}: not UTF-8 text (byte 0x{data[err.start]:02x} at byte {err.start + 1} "
+                f"of the line: {err.reason}); the file must be UTF-8"
+            )
+            break  # the whole file is most likely in another encoding: one line says it
+        if not text.strip():
+            continue
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            errors.append(f"{path}:{line_number}: malformed JSON ({err.msg} at column {err.colno})")
+            continue
+        try:
+            row = _parse_row(task, raw, path, line_number, labelled)
+        except DataError as err:
+            errors.append(str(err))
+        else:
+            first = first_line_of.setdefault(row.id, line_number)
+            if first != line_number:
+                errors.append(f"{path}:{line_number}: duplicate id {row.id!r} (first on line {first})")
+            rows.append(row)
+        if len(errors) >= MAX_REPORTED_ERRORS:
+            break
     if errors:
         more = " (stopped at the first 20)" if len(errors) >= MAX_REPORTED_ERRORS else ""
         raise DataError(f"{len(errors)} bad row(s) in {path}{more}:\n  " + "\n  ".join(errors))

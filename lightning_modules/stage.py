@@ -31,7 +31,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.mlm_texts import MlmText
 from datamodules.protocol import StageData
-from errors import ConfigError
+from errors import ConfigError, TrainingDiverged
 from lightning_modules.consolidate import full_state_dict
 from lightning_modules.masking import IGNORE, mask_texts
 from lightning_modules.optim import Optim
@@ -200,6 +200,12 @@ class StageModule(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.training_output(batch)
         total = self.total_loss(out)
+        if not torch.isfinite(total.detach()).all():
+            parts = ", ".join(f"{name}={float(loss):.4g}" for name, loss in out.losses.items())
+            raise TrainingDiverged(
+                f"train/loss is {float(total)} at step {self.global_step} (epoch {self.current_epoch}; {parts}): "
+                "training diverged; lower stage.optim.lr or check the data"
+            )
         size = self.batch_size(batch["main"] if "main" in batch else batch)
         self.log("train/loss", total, prog_bar=True, batch_size=size)
         self._remember("train/loss", total)
@@ -211,6 +217,17 @@ class StageModule(LightningModule):
             self.log(key, value, batch_size=size)
             self._remember(key, value)
         return total
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # fp16 loss scaling skips steps with inf gradients by design; elsewhere they are divergence.
+        if "16" in str(self.trainer.precision) and "bf16" not in str(self.trainer.precision):
+            return
+        grads = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack(grads).norm()):
+            raise TrainingDiverged(
+                f"the gradient norm is not finite at step {self.global_step} (epoch {self.current_epoch}): "
+                "training diverged; lower stage.optim.lr or check the data"
+            )
 
     def training_output(self, batch: dict) -> StepOutput:
         """The stage's step on a training batch, plus the auxiliary masked-LM loss when the DataModule gives
@@ -225,6 +242,17 @@ class StageModule(LightningModule):
         """The weighted sum of the losses (``stage.loss_weights``), plus the idle term."""
         total = sum(self.loss_weights[name] * loss for name, loss in out.losses.items())
         return total + out.idle if out.idle is not None else total
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        bad = [name for name, p in self.named_parameters() if p.numel() and not torch.isfinite(p.detach()).all()]
+        if bad:  # never keep (or select as best) weights that diverged
+            raise TrainingDiverged(f"{len(bad)} weight tensors (first: {bad[0]}) are not finite at step "
+                                   f"{self.global_step}: training diverged; lower stage.optim.lr or check the data")
+        checkpoint["stage_history"] = {name: list(values) for name, values in self.history.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for name, values in checkpoint.get("stage_history", {}).items():
+            self.history[name] = deque(values, maxlen=FINAL_WINDOW)
 
     def _remember(self, name: str, value: torch.Tensor) -> None:
         self.history.setdefault(name, deque(maxlen=FINAL_WINDOW)).append(float(value.detach()))
