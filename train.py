@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import threading
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,14 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue
 
 from callbacks.leaderboard import LeaderboardWriter
 from datamodules.protocol import StageData
@@ -50,7 +54,7 @@ class Run:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Stop before anything heavy is built when a combination cannot run here."""
+    """Stop before anything heavy is built when a value cannot work, naming the key and what is allowed."""
     precision = str(cfg.trainer.get("precision"))
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
@@ -59,6 +63,54 @@ def check_config(cfg: DictConfig) -> None:
             f"precision={precision} needs a CUDA GPU (fp16 autocast with loss scaling); this run is on CPU. "
             "Allowed here: precision=32-true or precision=bf16-mixed"
         )
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed={cfg.seed!r}; allowed: an integer")
+    for key in ("batch_size", "eval_batch_size", "mlm_batch_size"):
+        value = cfg.data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"data.{key}={value!r}; allowed: an integer >= 1")
+    if (cfg.trainer.get("max_epochs") == 0 or cfg.trainer.get("max_steps") == 0) and not get_class(cfg.stage._target_).zero_shot:
+        raise ConfigError(
+            f"trainer.max_epochs=0 / max_steps=0 with stage={choice('stage') or cfg.stage._target_} would evaluate and "
+            "predict with untrained weights; allowed: >= 1 (zero-shot scoring: stage=fuzzy_pet)"
+        )
+    instantiate_with(cfg.stage.optim)  # lr, weight decay, warm-up and optimizer keys, before the model is built
+    check_pretrained(cfg.model)
+    if cfg.get("ckpt_path"):
+        check_checkpoint(str(cfg.ckpt_path))
+
+
+def check_pretrained(model: DictConfig) -> None:
+    if "pretrained" not in model:
+        return
+    if OmegaConf.is_missing(model, "pretrained") or not model.pretrained:
+        raise ConfigError("model.pretrained is required with model=hf; give a local checkpoint folder or a hub name")
+    name = str(model.pretrained)
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.pretrained={name}: no Hugging Face checkpoint there (no folder with config.json)")
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
+        raise ConfigError(f"model.pretrained={name!r} is neither a local folder nor a valid hub name ({err})") from None
+
+
+def check_checkpoint(ckpt: str) -> None:
+    """An existing, complete Lightning checkpoint file (a zip archive) or DeepSpeed checkpoint folder."""
+    path = Path(ckpt)
+    if not path.exists():
+        raise ConfigError(f"ckpt_path={ckpt}: no such file")
+    if path.is_dir():
+        if not (path / "latest").is_file() and not (path / "checkpoint").is_dir():
+            raise ConfigError(f"ckpt_path={ckpt}: a folder, but not a DeepSpeed checkpoint (no 'latest' file)")
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ConfigError(f"ckpt_path={ckpt}: not a complete checkpoint ({err}); it may be truncated") from None
 
 
 def resume_in_place(cfg: DictConfig) -> None:
@@ -268,6 +320,9 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except MissingMandatoryValue as err:
+        print(f"error: {err.full_key} is required (???); give {err.full_key}=<value>", file=sys.stderr)
+        sys.exit(2)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(3)
@@ -276,5 +331,42 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(128 + err.signum)
 
 
+def one_line(message: str) -> str:
+    """Hydra's composition message in one line: the key (and the allowed options) without the search path."""
+    message = message.split("Config search path")[0]
+    key = re.search(r"Could not override '([^']+)'", message)
+    if key:
+        hint = "; the learning rate and weight decay are stage.optim.lr / stage.optim.weight_decay" if key.group(1) in (
+            "stage.lr", "stage.weight_decay") else ""
+        return f"{key.group(1)} is not a key of this configuration (to add one anyway: +{key.group(1)}=...){hint}"
+    head, _, options = message.partition("Available options in")
+    lines = [line.strip() for line in head.split("\n") if line.strip() and not line.strip().startswith(("full_key", "object_type"))]
+    text = "; ".join(lines)
+    if options:
+        group, _, names = options.partition(":")
+        text += f"; allowed in {group.strip()}: {', '.join(names.split())}"
+    return text
+
+
+def composition_error(argv: list[str]) -> str | None:
+    """Hydra's multi-line message for overrides that do not compose (unknown key, option or syntax), on one line;
+    None when they compose. Sweeps (-m) and Hydra's own flags are left to Hydra."""
+    if any(arg.startswith("-") for arg in argv):
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"), version_base="1.3"):
+            compose(config_name="train", overrides=argv)
+    except HydraException as err:
+        return one_line(str(err))
+    return None
+
+
 if __name__ == "__main__":
+    problem = composition_error(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

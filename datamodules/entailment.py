@@ -31,10 +31,11 @@ from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from datamodules.corpus import row_texts, split_long
 from errors import ConfigError, DataError
+from datamodules.epoch_shuffle import EpochShuffle, fixed_generator
 from datamodules.fewclue_download import locate_task_dir, split_files
 from datamodules.fewclue_rows import Row, read_rows
 from datamodules.mlm_texts import MlmText, mlm_loader
@@ -250,16 +251,14 @@ class EntailmentDataModule(LightningDataModule):
         if self.collate_fn is None:
             raise RuntimeError("EntailmentDataModule.collate_fn is not set: the stage module provides it")
         return DataLoader(data, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
-                          num_workers=self.num_workers, collate_fn=self.collate_fn)
+                          num_workers=self.num_workers, collate_fn=self.collate_fn, generator=fixed_generator(self.seed))
 
     def pair_weights(self) -> torch.Tensor:
         """Per-pair sampling weight: the task's probability shared among its pairs."""
         return torch.tensor([self.mixing[p.task] / self.counts[p.task] for p in self.train_pairs], dtype=torch.double)
 
     def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
-        generator = torch.Generator().manual_seed(self.seed)
-        sampler = WeightedRandomSampler(self.pair_weights(), len(self.train_pairs), replacement=True,
-                                        generator=generator)
+        sampler = EpochShuffle(self.train_pairs, self.seed, weights=self.pair_weights())
         main = self._loader(self.train_pairs, self.batch_size, sampler)
         if self.collate_mlm is None or not self.mlm_texts:
             return main

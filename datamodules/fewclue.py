@@ -13,6 +13,7 @@ from pathlib import Path
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from datamodules.epoch_shuffle import EpochShuffle, fixed_generator
 from datamodules.fewclue_download import locate_task_dir, split_files
 from datamodules.fewclue_rows import Row, read_rows
 from datamodules.mlm_texts import MlmText, mlm_loader
@@ -113,9 +114,10 @@ class FewClueDataModule(LightningDataModule):
         return DataLoader(
             rows,
             batch_size=batch_size or (self.batch_size if shuffle else self.eval_batch_size),
-            shuffle=shuffle,
+            sampler=EpochShuffle(rows, self.seed) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
+            generator=fixed_generator(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
+
+from datamodules.epoch_shuffle import EpochShuffle, fixed_generator
 
 
 @dataclass
@@ -30,7 +31,6 @@ def mlm_loader(
     num_workers: int = 0,
 ) -> DataLoader:
     """``steps`` batches of ``batch_size`` texts drawn at random (with replacement when there are too few)."""
-    wanted = steps * batch_size
-    sampler = RandomSampler(texts, replacement=wanted > len(texts), num_samples=wanted,
-                            generator=torch.Generator().manual_seed(seed))
-    return DataLoader(texts, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate)
+    sampler = EpochShuffle(texts, seed, num_samples=steps * batch_size)
+    return DataLoader(texts, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                      generator=fixed_generator(seed))

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.alignment import AlignedSentence, AlignmentRules, Mention, align
 from datamodules.corpus import CorpusSource, corpus_files, read_corpus
 from errors import ConfigError, DataError
+from datamodules.epoch_shuffle import EpochShuffle, fixed_generator
 from datamodules.fewclue_download import split_files
 from datamodules.kg import KgSource, KnowledgeGraph, Triple, load_kg
 from datamodules.negatives import sample_negatives
@@ -245,8 +246,9 @@ class PretrainCorpusDataModule(LightningDataModule):
         if self.collate_fn is None:
             raise RuntimeError("PretrainCorpusDataModule.collate_fn is not set: the stage module provides it")
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            collate_fn=self.collate_fn, persistent_workers=self.num_workers > 0,
+            dataset, batch_size=batch_size, sampler=EpochShuffle(dataset, self.seed) if shuffle else None,
+            num_workers=self.num_workers, collate_fn=self.collate_fn, persistent_workers=self.num_workers > 0,
+            generator=fixed_generator(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -88,20 +88,30 @@ class PretrainedMLM:
         self.compile = compile
 
     def tokenizer(self, texts: Iterable[str] = ()):
-        return AutoTokenizer.from_pretrained(self.pretrained)
+        try:
+            return AutoTokenizer.from_pretrained(self.pretrained)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model.pretrained={self.pretrained}: cannot load its tokenizer ({_first_line(err)})") from None
 
     def masked_lm(self, tokenizer=None) -> PreTrainedModel:
         overrides = {}
         if self.dropout is not None:
             overrides = {"hidden_dropout_prob": self.dropout, "attention_probs_dropout_prob": self.dropout}
         # Checkpoints may be stored in float16 (zh-mlm-small is): train in float32, let precision cast.
-        model = AutoModelForMaskedLM.from_pretrained(
-            self.pretrained, dtype=torch.float32, attn_implementation=self.attn_implementation, **overrides
-        )
+        try:
+            model = AutoModelForMaskedLM.from_pretrained(
+                self.pretrained, dtype=torch.float32, attn_implementation=self.attn_implementation, **overrides
+            )
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model.pretrained={self.pretrained}: cannot load a masked LM ({_first_line(err)})") from None
         return _finish(model, self.activation_checkpointing, self.compile)
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().split("\n")[0]
 
 
 def _check_attn(name: str) -> str:

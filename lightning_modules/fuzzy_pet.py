@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class FuzzyPetModule(StageModule):
     loss_names = ("cloze", "mlm")
     eval_loss = "cloze"
+    zero_shot = True
 
     def __init__(
         self,

@@ -80,6 +80,8 @@ class StageModule(LightningModule):
     loss_names: ClassVar[tuple[str, ...]] = ()
     # The loss logged as val/loss and test/loss.
     eval_loss: ClassVar[str] = ""
+    # Whether evaluating without training means something (cloze scoring does; a new head does not).
+    zero_shot: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -96,7 +96,8 @@ def test_tiny_model_has_no_checkpoint_key(make_config):
 
 def test_callbacks_none_means_none_also_for_a_stage_that_adds_one(make_config):
     names = {type(c).__name__ for c in instantiate_all(make_config(["stage=fuzzy_pet"]).callbacks)}
-    assert names == {"ModelCheckpoint", "LeaderboardWriter", "TQDMProgressBar", "LossScaleMonitor", "SelfTraining"}
+    assert names == {"ModelCheckpoint", "RngState", "LeaderboardWriter", "TQDMProgressBar", "LossScaleMonitor",
+                     "SelfTraining"}
     assert instantiate_all(make_config(["stage=fuzzy_pet", "callbacks=none"]).get("callbacks")) == []
 
 

@@ -207,11 +207,11 @@ def test_zero3_two_processes_on_cpu_through_the_cli(tmp_path, shared_fewclue):
 # -- helpers -----------------------------------------------------------------------------------------
 def fit_directly(cfg, callbacks=(), ckpt_path=None, keep_initial=False):
     """train.py's build, without loggers, with the test's own callbacks (a ModelCheckpoint among them replaces
-    the default one), then fit."""
+    the default ones), then fit."""
     with open_dict(cfg):
         cfg.logger = None
         if any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            del cfg.callbacks["model_checkpoint"]
+            del cfg.callbacks["model_checkpoint"], cfg.callbacks["last_checkpoint"]
     built = build(cfg, extra_callbacks=callbacks)
     if keep_initial:
         built.module.initial_state = {k: v.detach().clone() for k, v in built.module.encoder.state_dict().items()}

@@ -1,0 +1,152 @@
+"""What a run guarantees when things go wrong: one-line errors (exit 2), divergence halts (exit 3),
+kill -9 / SIGTERM / SIGINT followed by ``ckpt_path=.../last.ckpt`` give the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from errors import DataError
+from tests.conftest import datamodule_for
+from tests.helpers import ROOT, run_cli
+from tests.test_strategies import clean_rank_environment, free_port  # noqa: F401 (autouse fixture)
+
+# Several epochs of a few steps each (eprstmt split 0: 32 rows), so that an interruption lands mid-run.
+RESUMABLE = ["trainer.max_epochs=6", "data.batch_size=8", "trainer.limit_predict_batches=1", "logger=none"]
+
+
+def one_error_line(done: subprocess.CompletedProcess, prefix: str = "error:") -> str:
+    lines = [line for line in done.stderr.split("\n") if line.startswith(prefix)]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr + done.stdout
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["seed=abc"], "seed='abc'; allowed: an integer"),
+        (["data.batch_size=0"], "data.batch_size=0; allowed: an integer >= 1"),
+        (["stage.optim.lr=-1"], "stage.optim.lr=-1; allowed: a number >= 0"),
+        (["stage.lr=1"], "stage.lr is not a key of this configuration"),
+        (["+stage.optimizer.lr=-1"], "stage.optimizer is not a setting of stage"),
+        (["model=hf"], "model.pretrained is required"),
+        (["model=hf", "model.pretrained=/no/such/checkpoint"], "model.pretrained=/no/such/checkpoint: no Hugging Face checkpoint"),
+        (["model.attn_implementation=flash"], "model.attn_implementation='flash'; allowed: ['sdpa', 'eager']"),
+        (["stage=fuzzy_pet", "self_training.threshold=2"], "self_training.threshold=2; allowed: 0..1"),
+        (["task=nope"], "allowed in 'task': bustm, chid, cluewsc"),
+        (["trainer.max_epochs=0"], "would evaluate and predict with untrained weights"),
+        (["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt: no such file"),
+    ],
+)
+def test_a_bad_setting_ends_with_one_line_and_exit_2(overrides, expected, tmp_path, shared_fewclue):
+    done = run_cli([*overrides, f"data.data_dir={shared_fewclue}", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert expected in one_error_line(done)
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_truncated_checkpoint_is_an_error_naming_it(tmp_path, shared_fewclue):
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, good)
+    truncated = tmp_path / "last.ckpt"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    done = run_cli([f"ckpt_path={truncated}", f"data.data_dir={shared_fewclue}", f"hydra.run.dir={tmp_path}/run"],
+                   cwd=tmp_path)
+    assert done.returncode == 2
+    assert f"ckpt_path={truncated}: not a complete checkpoint" in one_error_line(done)
+
+
+def test_divergence_halts_with_the_step_and_writes_nothing(tmp_path, shared_fewclue):
+    done = run_cli(["stage.optim.lr=1e6", "trainer.max_epochs=4", f"data.data_dir={shared_fewclue}",
+                    f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert done.returncode == 3
+    line = one_error_line(done)
+    assert "at step" in line and "training diverged" in line
+    assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "predictions").exists()
+
+
+def test_zero_shot_cloze_scoring_stays_allowed(tmp_path, shared_fewclue):
+    done = run_cli(["stage=fuzzy_pet", "trainer.max_epochs=0", "trainer.limit_predict_batches=1", "logger=none",
+                    f"data.data_dir={shared_fewclue}", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run/results.json").read_text())["global_step"] == 0
+
+
+def test_a_task_folder_is_used_whole_never_completed_from_the_cache(tmp_path, shared_fewclue):
+    data = tmp_path / "data"
+    shutil.copytree(shared_fewclue / "eprstmt", data / "eprstmt")
+    (data / "eprstmt" / "test.json").unlink()
+    shutil.copytree(shared_fewclue / "eprstmt", tmp_path / "cache" / "fewclue" / "eprstmt")  # a complete cache
+    module = datamodule_for("eprstmt", tmp_path / "run", data)
+    with pytest.raises(DataError, match=rf"{data / 'eprstmt'}: missing test.json"):
+        module.prepare_data()
+
+
+# -- interruptions and resumption ----------------------------------------------------------------
+def start(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def outcome(run_dir: Path) -> tuple:
+    results = json.loads((run_dir / "results.json").read_text())
+    return results["val/acc"], results["train/loss"], results["val/loss"], results["global_step"]
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, shared_fewclue):
+    common = [*RESUMABLE, f"data.data_dir={shared_fewclue}"]
+    straight = run_cli([*common, f"hydra.run.dir={tmp_path}/straight"], cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = start([*common, f"hydra.run.dir={tmp_path}/killed"])
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    wait_for(last, killed)
+    killed.kill()
+    killed.communicate()
+    resumed = run_cli([*common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path}/resumed"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The run continues in its own folder: the best checkpoint so far and the results stay together.
+    assert outcome(tmp_path / "killed") == outcome(tmp_path / "straight")
+
+
+@pytest.mark.parametrize(("strategy", "signum", "code"), [("zero2", signal.SIGTERM, 143), ("auto", signal.SIGINT, 130)])
+def test_a_signal_ends_the_run_honestly_and_resuming_gives_the_same_result(
+    strategy, signum, code, tmp_path, shared_fewclue
+):
+    common = [*RESUMABLE, f"strategy={strategy}", f"data.data_dir={shared_fewclue}"]
+    env = {"MASTER_PORT": str(free_port())}
+    straight = run_cli([*common, f"hydra.run.dir={tmp_path}/straight"], cwd=tmp_path, env=env)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    stopped = start([*common, f"hydra.run.dir={tmp_path}/stopped"], env={"MASTER_PORT": str(free_port())})
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    wait_for(last / "latest" if strategy.startswith("zero") else last, stopped)
+    stopped.send_signal(signum)
+    _, stderr = stopped.communicate(timeout=300)
+    if stopped.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert stopped.returncode == code, stderr[-3000:]
+    line = [entry for entry in stderr.split("\n") if entry.startswith("stopped:")]
+    assert len(line) == 1 and f"interrupted by {signal.Signals(signum).name}" in line[0] and "ckpt_path=" in line[0]
+    assert not (tmp_path / "stopped" / "results.json").exists()
+    resumed = run_cli([*common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path}/resumed"], cwd=tmp_path,
+                      env={"MASTER_PORT": str(free_port())})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert outcome(tmp_path / "stopped") == outcome(tmp_path / "straight")
