@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import ahocorasick
 
 from datamodules.kg import KnowledgeGraph, Triple
+from errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,10 @@ class AlignmentRules:
 
     def __post_init__(self) -> None:
         if self.min_chars < 1 or self.max_chars < self.min_chars:
-            raise ValueError(f"data.alignment.min_chars={self.min_chars}, max_chars={self.max_chars}: "
+            raise ConfigError(f"data.alignment.min_chars={self.min_chars}, max_chars={self.max_chars}: "
                              "need 1 <= min_chars <= max_chars")
         if not 0.0 < self.max_sentence_ratio <= 1.0:
-            raise ValueError(f"data.alignment.max_sentence_ratio={self.max_sentence_ratio}; allowed: (0, 1]")
+            raise ConfigError(f"data.alignment.max_sentence_ratio={self.max_sentence_ratio}; allowed: (0, 1]")
 
 
 @dataclass(slots=True)

@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from errors import DataError
 from datamodules.fewclue_download import locate_task_dir, split_files
 from datamodules.fewclue_rows import Row, read_rows
 from datamodules.task_configs import load_task_specs
 from datamodules.task_spec import TaskSpec
+from errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class CorpusSource:
 
     def __post_init__(self) -> None:
         if self.max_chars < 8:
-            raise ValueError(f"data.corpus.max_chars={self.max_chars}; must be at least 8")
+            raise ConfigError(f"data.corpus.max_chars={self.max_chars}; must be at least 8")
         split_files(str(self.fewclue_split))  # fails early on a bad split name
         self.fewclue_split = str(self.fewclue_split)
 

@@ -34,13 +34,13 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from datamodules.corpus import row_texts, split_long
-from errors import ConfigError, DataError
 from datamodules.epoch_shuffle import EpochShuffle, fixed_generator
 from datamodules.fewclue_download import locate_task_dir, split_files
 from datamodules.fewclue_rows import Row, read_rows
 from datamodules.mlm_texts import MlmText, mlm_loader
 from datamodules.task_configs import load_task_specs
 from datamodules.task_spec import TaskSpec
+from errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 BLANK = "＿＿＿＿"

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from errors import DataError
 from datamodules.task_spec import TaskSpec
+from errors import DataError
 
 MAX_REPORTED_ERRORS = 20
 

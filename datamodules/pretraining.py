@@ -25,12 +25,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.alignment import AlignedSentence, AlignmentRules, Mention, align
 from datamodules.corpus import CorpusSource, corpus_files, read_corpus
-from errors import ConfigError, DataError
 from datamodules.epoch_shuffle import EpochShuffle, fixed_generator
 from datamodules.fewclue_download import split_files
 from datamodules.kg import KgSource, KnowledgeGraph, Triple, load_kg
 from datamodules.negatives import sample_negatives
 from datamodules.task_configs import load_task_specs
+from errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1

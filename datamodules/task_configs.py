@@ -11,8 +11,8 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from errors import ConfigError
 from datamodules.task_spec import TaskSpec
+from errors import ConfigError
 
 TASK_DIR = Path(__file__).resolve().parents[1] / "conf" / "task"
 

@@ -21,6 +21,7 @@ from datamodules.mlm_texts import MlmText
 from lightning_modules.optim import Optim
 from lightning_modules.stage import StageModule, StepOutput
 
+
 def row_decisions(entailed: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """1 per row (group) decided right, else 0. A row with several pairs is right when its entailed pair
     has the highest entailment probability (the EFL decision); a one-pair row when the probability is

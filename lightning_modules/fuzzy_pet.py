@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from errors import ConfigError
 from datamodules.fewclue_rows import Row
 from datamodules.mlm_texts import MlmText
 from datamodules.protocol import TaskData
 from datamodules.task_spec import TaskSpec
+from errors import ConfigError
 from lightning_modules.optim import Optim
 from lightning_modules.patterns import PatternEncoder, allowed_fields, candidate_ids
 from lightning_modules.stage import StageModule, StepOutput

@@ -25,14 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from errors import ConfigError
 from datamodules.pretraining import PretrainRow
 from datamodules.protocol import StageData
+from errors import ConfigError
 from lightning_modules.kg_heads import MentionTagger, SpoScorer, margin_loss, tagging_loss
 from lightning_modules.knowledge_fusion import GatedKnowledgeFusion, batch_graphs, name_features, sentence_graph
 from lightning_modules.masking import IGNORE, bio_tags, choose_positions, corrupt, generator_for, mask_texts, token_span
 from lightning_modules.optim import Optim
 from lightning_modules.stage import StageModule, StepOutput
+
 
 class KgBertModule(StageModule):
     loss_names = ("mlm", "mention", "spo_mask", "spo_margin", "fusion")

@@ -26,6 +26,8 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GCNConv
 from torch_geometric.utils import scatter
 
+from errors import ConfigError
+
 
 @dataclass
 class FusionOutput:
@@ -38,7 +40,7 @@ class GatedKnowledgeFusion(nn.Module):
     def __init__(self, hidden_size: int, num_layers: int = 2, dropout: float = 0.1) -> None:
         super().__init__()
         if num_layers < 1:
-            raise ValueError(f"stage.fusion_layers={num_layers}; must be at least 1")
+            raise ConfigError(f"stage.fusion_layers={num_layers}; must be at least 1")
         self.config = {"hidden_size": hidden_size, "num_layers": num_layers, "dropout": dropout}
         self.node_norm = nn.LayerNorm(hidden_size)
         self.convs = nn.ModuleList(GCNConv(hidden_size, hidden_size) for _ in range(num_layers))

@@ -10,9 +10,9 @@ import pytest
 
 from datamodules.alignment import AlignmentRules, EntityMatcher, align, longest_non_overlapping
 from datamodules.corpus import CorpusSource, corpus_files, read_corpus, read_text_file, rejoin_spaced, split_long
-from errors import DataError
 from datamodules.kg import KgSource, KnowledgeGraph, load_kg, read_spo
 from datamodules.negatives import corrupt, sample_negatives
+from errors import DataError
 from tests.conftest import compose_config
 from train import instantiate_with
 

@@ -8,6 +8,7 @@ import shutil
 import threading
 
 import pytest
+
 from errors import DataError
 from tests.conftest import datamodule_for
 

@@ -19,9 +19,9 @@ from datamodules.entailment import (
     task_weights,
 )
 from datamodules.fewclue_rows import read_rows
+from datamodules.mlm_texts import MlmText
 from datamodules.task_configs import load_task_specs
 from lightning_modules.char_vocab import char_tokenizer
-from datamodules.mlm_texts import MlmText
 from lightning_modules.entailment import row_decisions
 from tests.conftest import compose_config
 from tests.helpers import stage_module

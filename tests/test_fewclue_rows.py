@@ -9,8 +9,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from errors import DataError
 from datamodules.fewclue_rows import read_rows
+from errors import DataError
 from tests.conftest import CONF, TASKS, datamodule_for
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import open_dict
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import open_dict
 from transformers import BertModel
 
 from lightning_modules.consolidate import full_state_dict
