@@ -224,6 +224,8 @@ def run(r: Run) -> dict[str, Any]:
         "checkpoint": best if cfg.keep_checkpoints else None,
         "config": str(output_dir / "config.yaml"),
         "global_step": trainer.global_step,
+        # Evaluated and predicted without a training step (stage=fuzzy_pet trainer.max_epochs=0: the untrained cloze).
+        "zero_shot": trainer.global_step == 0,
         **datamodule.stats,
         **module.results,
     }

@@ -25,7 +25,17 @@ from lightning_modules.optim import Optim
 from lightning_modules.patterns import PatternEncoder, allowed_fields, candidate_ids
 from lightning_modules.stage import StageModule, StepOutput
 from lightning_modules.submission import submission_rows
-from lightning_modules.verbalizer import AGGREGATIONS, Verbalizer, class_log_probs, word_log_probs, word_logits
+from lightning_modules.verbalizer import (
+    AGGREGATIONS,
+    POOLINGS,
+    WORD_SCORES,
+    Verbalizer,
+    adjusted_word_scores,
+    class_log_probs,
+    pooled_class_log_probs,
+    word_log_probs,
+    word_logits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,8 @@ class FuzzyPetModule(StageModule):
         optim: Optim,
         verbalizer: dict,
         aggregation: str,
+        word_score: str,
+        pooling: str,
         pattern: int,
         max_length: int,
         mlm_weight: float,
@@ -60,6 +72,10 @@ class FuzzyPetModule(StageModule):
         self.save_hyperparameters(ignore=["masked_lm", "task", "tokenizer", "optim"])
         if aggregation not in AGGREGATIONS:
             raise ConfigError(f"stage.aggregation={aggregation!r}; allowed: {list(AGGREGATIONS)}")
+        if word_score not in WORD_SCORES:
+            raise ConfigError(f"stage.word_score={word_score!r}; allowed: {list(WORD_SCORES)}")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"stage.pooling={pooling!r}; allowed: {list(POOLINGS)}")
         if not task.patterns:
             raise ConfigError(f"task {task.name!r}: task.patterns is empty; give at least one pattern with {{mask}}")
         if not 0 <= pattern < len(task.patterns):
@@ -67,6 +83,9 @@ class FuzzyPetModule(StageModule):
         self.task = task
         self.verbalizer_name = str(verbalizer.get("name", "fuzzy"))
         self.aggregation = aggregation
+        self.word_score = word_score
+        self.pooling = pooling
+        self._prior: torch.Tensor | None = None  # content-free word scores, cached between weight updates
         self.max_length = max_length
         self.mlm_weight = mlm_weight
         self.mlm_max_length = mlm_max_length
@@ -79,7 +98,7 @@ class FuzzyPetModule(StageModule):
         self.multiple_choice = task.kind == "multiple_choice"
         self.set_names: list[str] = []
         self.results.update(verbalizer=self.verbalizer_name, verbalizer_sets=None, aggregation=aggregation,
-                            pattern=self.pattern_encoder.template)
+                            word_score=word_score, pooling=pooling, pattern=self.pattern_encoder.template)
         if self.multiple_choice:
             self.words = None
             self.lengths: list[int] = []
@@ -100,6 +119,8 @@ class FuzzyPetModule(StageModule):
         self.register_buffer("word_classes", self.words.classes[self.word_index], persistent=False)
         sets = torch.tensor([self.set_names.index(self.words.words[i].set_name) for i in self.word_index])
         self.register_buffer("word_sets", sets, persistent=False)
+        lengths = torch.tensor([len(self.words.words[i].token_ids) for i in self.word_index], dtype=torch.float)
+        self.register_buffer("word_lengths", lengths, persistent=False)
 
     # -- masked LM -------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, token_type_ids, mask_positions) -> torch.Tensor:
@@ -123,14 +144,46 @@ class FuzzyPetModule(StageModule):
         return batch
 
     # -- scores ----------------------------------------------------------------------------------
-    def word_scores(self, batch: dict) -> torch.Tensor:
-        """[B, W]: log p(word) (or PET's raw word logit for mean_logit) of every word in use."""
-        score = word_logits if self.aggregation == "mean_logit" else word_log_probs
+    def joint_scores(self, batch: dict) -> torch.Tensor:
+        """[B, W]: log p(word) (or PET's raw word logit for mean_logit) of every word in use, summed over its slots."""
         if self.multiple_choice:
             (inputs,) = batch["patterns"].values()
-            return score(self(**inputs), batch["candidate_ids"])
-        parts = [score(self(**batch["patterns"][n]), self.group_ids[n]) for n in self.lengths]
+            return self._score(self(**inputs), batch["candidate_ids"])
+        parts = [self._score(self(**batch["patterns"][n]), self.group_ids[n]) for n in self.lengths]
         return torch.cat(parts, dim=-1)
+
+    def _score(self, slot_logits: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+        return word_logits(slot_logits, word_ids) if self.aggregation == "mean_logit" else word_log_probs(slot_logits, word_ids)
+
+    def word_scores(self, batch: dict) -> torch.Tensor:
+        """[B, W]: the word scores of ``stage.word_score`` (sum, mean per character, or calibrated)."""
+        scores = self.joint_scores(batch)
+        if self.multiple_choice:
+            lengths = torch.full((scores.shape[-1],), float(batch["candidate_ids"].shape[-1]))
+        else:
+            lengths = self.word_lengths
+        prior = self.content_free_scores(batch) if self.word_score == "calibrated" else None
+        return adjusted_word_scores(scores, lengths, self.word_score, prior)
+
+    @torch.no_grad()
+    def content_free_scores(self, batch: dict) -> torch.Tensor:
+        """Joint word scores on the pattern with every text field emptied: [W] (chid: [B, W], its own candidates).
+        A constant of the current weights: cached until the next training step."""
+        empty = {name: "" for name in self.pattern_encoder.fields}
+        if self.multiple_choice:
+            candidates = batch["candidate_ids"]
+            (inputs,) = self.pattern_encoder.encode([empty] * len(candidates), [candidates.shape[-1]]).values()
+            return self._score(self(**self._on_device(inputs)), candidates)
+        if self._prior is None or self.training:
+            patterns = self.pattern_encoder.encode([empty], self.lengths)
+            prior = torch.cat([self._score(self(**self._on_device(patterns[n])), self.group_ids[n]) for n in self.lengths], -1)[0]
+            if self.training:
+                return prior
+            self._prior = prior
+        return self._prior
+
+    def _on_device(self, inputs: dict) -> dict:
+        return {key: value.to(self.device) for key, value in inputs.items()}
 
     def class_log_probs(self, batch: dict) -> torch.Tensor:
         """All words in use pooled per class (all sets under verbalizer=fuzzy)."""
@@ -139,7 +192,8 @@ class FuzzyPetModule(StageModule):
     def pooled(self, scores: torch.Tensor) -> torch.Tensor:
         if self.multiple_choice:
             return F.log_softmax(scores, dim=-1)
-        return class_log_probs(scores, self.word_classes, self.task.num_classes, self.aggregation)
+        return pooled_class_log_probs(scores, self.word_classes, self.word_sets, self.task.num_classes, self.aggregation,
+                                      self.pooling)
 
     def step(self, batch: dict) -> StepOutput:
         """Training: the mean over label-word sets of each set's cross-entropy; evaluation: all words pooled."""
@@ -174,6 +228,18 @@ class FuzzyPetModule(StageModule):
         return self.masked_texts(texts, self.mlm_max_length, self.mask_prob)
 
     # -- Lightning hooks -------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._prior = None  # the weights are about to change
+
+    def on_validation_epoch_start(self) -> None:
+        self._prior = None
+
+    def on_test_epoch_start(self) -> None:
+        self._prior = None  # the selected checkpoint's weights were just loaded
+
+    def on_predict_epoch_start(self) -> None:
+        self._prior = None
+
     def on_fit_start(self) -> None:
         datamodule: TaskData = self.trainer.datamodule
         rows = datamodule.train_rows

@@ -14,6 +14,7 @@ With one word per class the three agree (per-slot normalisers are shared by ever
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,17 @@ import torch.nn.functional as F
 from errors import ConfigError
 
 AGGREGATIONS = ("sum_prob", "mean_logit", "mean_logprob")
+# How a word of n characters is scored from its n slot scores (stage.word_score):
+#   sum: the joint log-probability (long words lose to short ones before any training);
+#   mean: the mean per-character score;
+#   calibrated: the joint score minus the word's score on the same pattern with the text fields emptied
+#   (a content-free prior, "calibrate before use"), which removes what the pattern alone favours.
+WORD_SCORES = ("sum", "mean", "calibrated")
+# How the words of several label-word sets make one class distribution (stage.pooling):
+#   words: every word of every set pooled per class by the aggregation;
+#   sets: each set's own class distribution, then their mean (a set with larger word probabilities,
+#   often the one with the shortest words, cannot outvote the others).
+POOLINGS = ("words", "sets")
 
 
 def gather_word_scores(slot_scores: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
@@ -75,6 +87,42 @@ def class_log_probs(
     else:
         scores = word_scores @ member.T / member.sum(1)
     return F.log_softmax(scores, dim=-1)
+
+
+def adjusted_word_scores(
+    scores: torch.Tensor, lengths: torch.Tensor, word_score: str, prior: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Word scores [B, W] under ``word_score`` from joint scores [B, W] (sums over slots), the words'
+    lengths [W] (or [B, W]) and, for ``calibrated``, the joint scores on the content-free pattern ([W] or [B, W])."""
+    if word_score not in WORD_SCORES:
+        raise ConfigError(f"stage.word_score={word_score!r}; allowed: {list(WORD_SCORES)}")
+    if word_score == "mean":
+        return scores / lengths.to(scores.device, scores.dtype)
+    if word_score == "calibrated":
+        if prior is None:
+            raise ValueError("word_score=calibrated needs the content-free prior")
+        return scores - prior.to(scores.device, scores.dtype)
+    return scores
+
+
+def pooled_class_log_probs(
+    word_scores: torch.Tensor,
+    word_classes: torch.Tensor,
+    word_sets: torch.Tensor,
+    num_classes: int,
+    aggregation: str = "sum_prob",
+    pooling: str = "words",
+) -> torch.Tensor:
+    """Class log-probabilities [B, C] from the words of several sets (``word_sets`` [W]: each word's set)."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"stage.pooling={pooling!r}; allowed: {list(POOLINGS)}")
+    if pooling == "words":
+        return class_log_probs(word_scores, word_classes, num_classes, aggregation)
+    per_set = [
+        class_log_probs(word_scores[:, word_sets == s], word_classes[word_sets == s], num_classes, aggregation)
+        for s in torch.unique(word_sets).tolist()
+    ]
+    return torch.logsumexp(torch.stack(per_set), dim=0) - math.log(len(per_set))  # log of the mean probability
 
 
 @dataclass

@@ -79,7 +79,8 @@ def test_zero_shot_cloze_scoring_stays_allowed(tmp_path, shared_fewclue):
     done = run_cli(["stage=fuzzy_pet", "trainer.max_epochs=0", "trainer.limit_predict_batches=1", "logger=none",
                     f"data.data_dir={shared_fewclue}", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "run/results.json").read_text())["global_step"] == 0
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    assert results["global_step"] == 0 and results["zero_shot"] is True
 
 
 def test_a_task_folder_is_used_whole_never_completed_from_the_cache(tmp_path, shared_fewclue):

@@ -1,0 +1,83 @@
+"""Zero-shot dev accuracy of every stage.word_score x stage.pooling, from one scoring pass per task.
+
+    python scripts/zero_shot_table.py --tasks eprstmt csldcp --split 0 --pretrained ../shared/encoders/zh-mlm-small
+
+The untrained cloze (``stage=fuzzy_pet trainer.max_epochs=0``) is scored once per task (joint word
+scores and the content-free prior), then every combination is evaluated on the same numbers. Prints a
+markdown table: accuracy (%) per combination, and for each task how many classes the predictions
+reach under sum/words (today's scoring) and under the task's best combination.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lightning_modules.verbalizer import POOLINGS, WORD_SCORES, adjusted_word_scores, pooled_class_log_probs  # noqa: E402
+from tests.conftest import TASKS, compose_config  # noqa: E402
+from train import build  # noqa: E402
+
+
+@torch.no_grad()
+def scored(module, rows, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint word scores [N, W] and the content-free prior ([W], or [N, W] for chid)."""
+    module.eval()
+    joint, priors = [], []
+    for start in range(0, len(rows), batch_size):
+        batch = module.collate(rows[start : start + batch_size])
+        joint.append(module.joint_scores(batch))
+        priors.append(module.content_free_scores(batch))
+    prior = torch.cat(priors) if module.multiple_choice else priors[0]
+    return torch.cat(joint), prior
+
+
+def evaluate(module, joint, prior, labels, word_score: str, pooling: str) -> torch.Tensor:
+    if module.multiple_choice:
+        lengths = torch.full((joint.shape[-1],), 4.0)
+        return F.log_softmax(adjusted_word_scores(joint, lengths, word_score, prior), -1).argmax(-1)
+    scores = adjusted_word_scores(joint, module.word_lengths, word_score, prior)
+    return pooled_class_log_probs(scores, module.word_classes, module.word_sets, module.task.num_classes,
+                                  module.aggregation, pooling).argmax(-1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", nargs="*", default=TASKS)
+    parser.add_argument("--split", default="0")
+    parser.add_argument("--pretrained", default=os.environ.get("ZH_MLM_SMALL", str(ROOT.parent / "shared/encoders/zh-mlm-small")))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default="outputs/zero_shot")
+    args = parser.parse_args()
+    combos = [(w, p) for w in WORD_SCORES for p in POOLINGS]
+    print("| task | rows | " + " | ".join(f"{w}/{p}" for w, p in combos) + " | classes reached (sum/words → best) | seconds |")
+    print("|---" * (len(combos) + 4) + "|")
+    for task in args.tasks:
+        started = time.perf_counter()
+        cfg = compose_config([f"task={task}", "stage=fuzzy_pet", "model=hf", f"model.pretrained={args.pretrained}",
+                              f"data.split={args.split}", "logger=none", "callbacks=none"], Path(args.out) / task)
+        built = build(cfg)
+        module, rows = built.module, built.datamodule.val_rows
+        labels = torch.tensor([row.label for row in rows])
+        joint, prior = scored(module, rows, args.batch_size)
+        accuracy, reached = {}, {}
+        for word_score, pooling in combos:
+            predicted = evaluate(module, joint, prior, labels, word_score, pooling)
+            accuracy[word_score, pooling] = 100 * (predicted == labels).float().mean().item()
+            reached[word_score, pooling] = len(set(predicted.tolist()))
+        best = max(combos, key=lambda c: accuracy[c])
+        cells = " | ".join(f"{accuracy[c]:.1f}" for c in combos)
+        spread = f"{reached['sum', 'words']} → {reached[best]} of {module.task.num_classes}"
+        print(f"| {task} | {len(rows)} | {cells} | {spread} | {time.perf_counter() - started:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
