@@ -1,8 +1,9 @@
 """Self-training: pseudo-label unlabeled.json with the current model and keep training on it.
 
 Every ``epochs_per_round`` epochs (``rounds`` times) the callback scores the task's unlabeled rows
-with the module's ``class_log_probs``, keeps the confident ones (probability >= ``threshold``)
-class-balanced (the same number per class: the smallest class count, at most ``per_class``), and
+with the module's ``class_log_probs`` and keeps the same number k of rows per class, each class's most
+confident ones (k: the count above ``threshold`` in the best-represented class, at most ``per_class``;
+see ``select_balanced``), and
 hands them to the DataModule (``set_pseudo_labelled``), which trains on the labelled rows plus
 these. ``stage=fuzzy_pet`` sets ``trainer.reload_dataloaders_every_n_epochs=1`` so the new rows
 are used, and the module restarts its learning-rate schedule over the remaining epochs.
@@ -62,24 +63,25 @@ class SelfTraining(Callback):
         done = len([h for h in self.history if "round" in h])
         if not self.unlabeled or done >= self.rounds or (trainer.current_epoch + 1) % self.epochs_per_round:
             return
-        if trainer.current_epoch + 1 >= trainer.max_epochs:
+        if trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs:
             return  # no epoch left to train on new pseudo-labels
         probs = self.score(pl_module)
         kept, confidence = select_balanced(probs, self.threshold, self.per_class)
-        if not kept:
-            log.warning("self-training round %d: some class has no prediction with confidence >= %.2f; "
-                        "no pseudo-label kept (class-balanced)", done + 1, self.threshold)
         datamodule: TaskData = trainer.datamodule
+        if not kept:
+            log.warning("self-training round %d: no prediction has confidence >= %.2f; no pseudo-label kept",
+                        done + 1, self.threshold)
         datamodule.set_pseudo_labelled([replace(self.unlabeled[i], label=c) for i, c in kept])
-        per_epoch = math.ceil(len(datamodule.train_rows) / datamodule.batch_size / max(1, trainer.accumulate_grad_batches))
-        pl_module.restart_schedule(max(1, per_epoch * (trainer.max_epochs - trainer.current_epoch - 1)))
+        pl_module.restart_schedule(remaining_steps(trainer, len(datamodule.train_rows), datamodule.batch_size))
         mean_confidence = float(confidence.mean()) if len(kept) else 0.0
+        labels = datamodule.task.label_list or [str(c) for c in range(probs.shape[1])]
+        per_class = {labels[c]: sum(1 for _, k in kept if k == c) for c in range(probs.shape[1])}
         pl_module.log("self_training/kept", float(len(kept)))
         pl_module.log("self_training/confidence", mean_confidence)
         entry = {"round": done + 1, "epoch": trainer.current_epoch, "scored": len(self.unlabeled), "kept": len(kept),
-                 "confidence": round(mean_confidence, 4)}
-        log.info("self-training round %d: kept %d of %d unlabeled rows (mean confidence %.3f)",
-                 done + 1, len(kept), len(self.unlabeled), mean_confidence)
+                 "kept_per_class": per_class, "confidence": round(mean_confidence, 4)}
+        log.info("self-training round %d: kept %d of %d unlabeled rows (per class %s; mean confidence %.3f)",
+                 done + 1, len(kept), len(self.unlabeled), per_class, mean_confidence)
         self._record(pl_module, entry)
 
     @torch.no_grad()
@@ -101,14 +103,34 @@ class SelfTraining(Callback):
 
 
 def select_balanced(probs: torch.Tensor, threshold: float, per_class: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
-    """(row, class) pairs: per predicted class, the most confident rows at or above ``threshold``,
-    the same number for every class (the smallest count, at most ``per_class``). Also their confidences."""
+    """(row, class) pairs, the same number k for every class: each class's k most confident rows among those
+    predicted as it. k = the number of rows above ``threshold`` in the best-represented class, at most
+    ``per_class``, so one rare class never empties the round (a class with fewer predicted rows than k gives all
+    it has). Also their confidences. Nothing is kept only when no row reaches the threshold."""
     confidence, predicted = probs.max(-1)
     ranked = []
     for c in range(probs.shape[1]):
-        rows = ((predicted == c) & (confidence >= threshold)).nonzero().flatten()
+        rows = (predicted == c).nonzero().flatten()
         ranked.append(rows[confidence[rows].argsort(descending=True)])
-    keep = min(per_class, *(len(r) for r in ranked))
+    above = max(int((confidence[rows] >= threshold).sum()) for rows in ranked)
+    keep = min(per_class, above)
     kept = [(int(i), c) for c, rows in enumerate(ranked) for i in rows[:keep]]
     values = torch.tensor([float(confidence[i]) for i, _ in kept])
     return kept, values
+
+
+def remaining_steps(trainer: Trainer, rows: int, batch_size: int) -> int:
+    """Optimizer steps left after this epoch with ``rows`` training rows: batches per epoch over all ranks,
+    capped by ``limit_train_batches``, divided by the accumulation; or what ``max_steps`` leaves."""
+    batches = math.ceil(rows / (batch_size * max(1, trainer.world_size)))
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        batches = min(batches, limit)
+    elif limit is not None:
+        batches = max(1, int(batches * limit))
+    per_epoch = math.ceil(batches / max(1, trainer.accumulate_grad_batches))
+    epochs_left = trainer.max_epochs - trainer.current_epoch - 1 if trainer.max_epochs not in (None, -1) else None
+    by_epochs = per_epoch * epochs_left if epochs_left is not None else None
+    by_steps = trainer.max_steps - trainer.global_step if trainer.max_steps not in (None, -1) else None
+    left = [n for n in (by_epochs, by_steps) if n is not None]
+    return max(1, min(left)) if left else max(1, per_epoch)

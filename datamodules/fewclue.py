@@ -7,6 +7,8 @@ on unlabeled.json) to the DataModule through ``connect``. It is a ``datamodules.
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from datamodules.fewclue_download import locate_task_dir, split_files
 from datamodules.fewclue_rows import Row, read_rows
 from datamodules.mlm_texts import MlmText, mlm_loader
 from datamodules.task_spec import TaskSpec
+
+log = logging.getLogger(__name__)
 
 
 class FewClueDataModule(LightningDataModule):
@@ -94,12 +98,22 @@ class FewClueDataModule(LightningDataModule):
         return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
 
     def unlabeled_rows(self) -> list[Row]:
-        """Rows of unlabeled.json (first ``max_unlabeled``), or [] when the task has none."""
+        """Rows of unlabeled.json (the first ``max_unlabeled`` of them), or [] when the task has none. Rows whose
+        text is also a dev, test.json or test_public.json row are left out: pseudo-labelling them would train on
+        the evaluated texts (eprstmt's unlabeled.json holds dozens of test.json texts word for word)."""
         if self._unlabeled_rows is None:
             path = self.unlabeled_path
             rows = read_rows(self.task, path, labelled=False, allow_empty=True) if path else []
-            self._unlabeled_rows = rows[: self.max_unlabeled] if self.max_unlabeled else rows
+            evaluated = {self._text_of(row) for row in [*self.val_rows, *self.predict_rows, *(self.test_rows or [])]}
+            kept = [row for row in rows if self._text_of(row) not in evaluated]
+            self.stats["data/unlabeled_overlap_dropped"] = len(rows) - len(kept)
+            if len(kept) < len(rows):
+                log.info("unlabeled.json: %d rows repeat a dev/test text and are left out", len(rows) - len(kept))
+            self._unlabeled_rows = kept[: self.max_unlabeled] if self.max_unlabeled else kept
         return self._unlabeled_rows
+
+    def _text_of(self, row: Row) -> tuple:
+        return tuple(str(row.fields.get(name, "")) for name in self.task.text_fields)
 
     def texts(self) -> list[str]:
         """Every text of the task's files, for building a character vocabulary."""

@@ -103,13 +103,31 @@ def test_bad_stage_settings_name_the_key(make_config):
         _module(make_config, ["task=eprstmt", "stage.aggregation=max"])
 
 
-def test_select_balanced_keeps_the_same_number_per_class_above_the_threshold():
+def test_select_balanced_keeps_the_same_number_per_class_from_each_classs_most_confident_rows():
     probs = torch.tensor([[0.95, 0.05], [0.99, 0.01], [0.2, 0.8], [0.08, 0.92], [0.91, 0.09], [0.6, 0.4]])
     kept, confidence = select_balanced(probs, threshold=0.9, per_class=10)
-    # class 0 has 3 confident rows (1, 0, 4), class 1 only row 3: one per class, the most confident.
-    assert kept == [(1, 0), (3, 1)]
-    assert confidence.tolist() == pytest.approx([0.99, 0.92])
-    assert select_balanced(probs, 0.99, 10)[0] == []
+    # class 0 has 3 rows above 0.9 (1, 0, 4), class 1 one (3): k = 3 from each class's most confident rows,
+    # and class 1, predicted for only 2 rows (3, 2), gives both instead of emptying the round.
+    assert kept == [(1, 0), (0, 0), (4, 0), (3, 1), (2, 1)]
+    assert confidence.tolist() == pytest.approx([0.99, 0.95, 0.91, 0.92, 0.8])
+    assert select_balanced(probs, 0.9, per_class=2)[0] == [(1, 0), (0, 0), (3, 1), (2, 1)]
+    assert select_balanced(probs, 0.99, 10)[0] == [(1, 0), (3, 1)]
+    assert select_balanced(probs, 0.999, 10)[0] == []
+
+
+def test_remaining_steps_count_ranks_limits_accumulation_and_max_steps():
+    from types import SimpleNamespace
+
+    from callbacks.self_training import remaining_steps
+
+    trainer = SimpleNamespace(world_size=2, limit_train_batches=1.0, accumulate_grad_batches=2, max_epochs=5,
+                              current_epoch=1, max_steps=-1, global_step=0)
+    # 100 rows / (8 per batch x 2 ranks) = 7 batches, 4 steps per epoch (accumulating 2), 3 epochs left.
+    assert remaining_steps(trainer, 100, 8) == 12
+    trainer.limit_train_batches = 3  # 3 batches: 2 steps
+    assert remaining_steps(trainer, 100, 8) == 6
+    trainer.max_epochs, trainer.max_steps, trainer.global_step = None, 20, 15  # no epoch count: max_steps decides
+    assert remaining_steps(trainer, 100, 8) == 5
 
 
 # csldcp (67 classes, words of 2-6 characters: 5 passes) and iflytek (119 classes) predict 3000
@@ -149,12 +167,22 @@ def test_self_training_keeps_pseudo_labels_and_reports_them(make_config):
     results = train(cfg)
     (entry,) = results["self_training"]
     assert entry["round"] == 1 and entry["scored"] == 64
-    # Class-balanced: the same number per class (binary task), at most 8 each; a class the tiny
-    # model never predicts leaves none.
-    assert entry["kept"] in (0, 2, 4, 6, 8, 10, 12, 14, 16)
+    # Each class's 8 most confident rows (threshold 0: every row qualifies); a class the tiny model
+    # predicts for fewer rows gives what it has.
+    assert 8 <= entry["kept"] <= 16 and sum(entry["kept_per_class"].values()) == entry["kept"]
+    assert max(entry["kept_per_class"].values()) == 8 and set(entry["kept_per_class"]) == {"Positive", "Negative"}
     assert entry["kept"] == 0 or 0.5 <= entry["confidence"] <= 1.0
     # epoch 1: 32 rows in batches of 16; epoch 2: 32 + the pseudo-labelled rows.
     assert results["global_step"] == 2 + math.ceil((32 + entry["kept"]) / 16)
+
+
+def test_unlabeled_rows_never_repeat_an_evaluated_text(make_config):
+    _, datamodule = _module(make_config, ["task=eprstmt", "data.max_unlabeled=null"])
+    evaluated = {row.fields["sentence"] for row in [*datamodule.val_rows, *datamodule.predict_rows]}
+    rows = datamodule.unlabeled_rows()
+    assert not evaluated & {row.fields["sentence"] for row in rows}
+    # ../shared's eprstmt unlabeled.json repeats test.json and dev texts word for word (57 rows for split 0).
+    assert datamodule.stats["data/unlabeled_overlap_dropped"] == 57
 
 
 def test_task_without_unlabeled_data_says_so_and_skips(make_config, caplog, capsys):
