@@ -167,8 +167,7 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def vocabulary_texts(datamodule: StageData, task: TaskSpec) -> list[str]:
-    words = [w for table in task.verbalizers.values() for ws in table.values() for w in ws]
-    return [*datamodule.texts(), *task.patterns, *words, *task.descriptions.values()]
+    return [*datamodule.texts(), *task.patterns, *task.label_words(), *task.descriptions.values()]
 
 
 def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Run:

@@ -29,7 +29,9 @@ class TaskSpec:
     label_type: str = "str"
     candidates_field: str | None = None
     mask_marker: str | None = None
-    patterns: list[str] = field(default_factory=list)
+    # A pattern is its text, or {text: ..., verbalizers: {set: {label: [words]}}} when the task's sets do not
+    # read well in it (its own sets then replace the task's for that pattern).
+    patterns: list = field(default_factory=list)
     verbalizers: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
     num_choices: int = 0
@@ -44,13 +46,30 @@ class TaskSpec:
         # Plain containers, also when Hydra hands in DictConfig/ListConfig nodes (``task: ${task}``).
         self.text_fields = [str(f) for f in self.text_fields]
         self.id_fields = [str(f) for f in self.id_fields]
-        self.patterns = [str(p) for p in self.patterns]
         self.labels = {str(k): str(v) for k, v in self.labels.items()}
+        self.pattern_verbalizers: dict[int, dict[str, dict[str, list[str]]]] = {}
+        texts = []
+        for i, pattern in enumerate(self.patterns):
+            if isinstance(pattern, str):
+                texts.append(pattern)
+                continue
+            if not hasattr(pattern, "get") or "text" not in pattern:
+                raise ConfigError(f"task {self.name!r}: task.patterns[{i}] is neither a text nor {{text: ..., verbalizers: ...}}")
+            texts.append(str(pattern["text"]))
+            if pattern.get("verbalizers"):
+                self.pattern_verbalizers[i] = _word_tables(pattern["verbalizers"])
+        self.patterns = texts
         self.descriptions = {str(k): str(v) for k, v in self.descriptions.items()}
-        self.verbalizers = {
-            str(name): {str(label): [str(w) for w in words] for label, words in table.items()}
-            for name, table in self.verbalizers.items()
-        }
+        self.verbalizers = _word_tables(self.verbalizers)
+
+    def verbalizers_for(self, pattern: int) -> dict[str, dict[str, list[str]]]:
+        """The label-word sets used with ``patterns[pattern]``: its own, else the task's."""
+        return self.pattern_verbalizers.get(pattern, self.verbalizers)
+
+    def label_words(self) -> list[str]:
+        """Every label word of every set, the patterns' own sets included."""
+        tables = [self.verbalizers, *self.pattern_verbalizers.values()]
+        return [w for sets in tables for table in sets.values() for words in table.values() for w in words]
 
     @property
     def label_list(self) -> list[str]:
@@ -66,3 +85,7 @@ class TaskSpec:
             return int(class_index)
         label = self.label_list[class_index]
         return int(label) if self.label_type == "int" else label
+
+
+def _word_tables(tables) -> dict[str, dict[str, list[str]]]:
+    return {str(name): {str(label): [str(w) for w in words] for label, words in table.items()} for name, table in tables.items()}

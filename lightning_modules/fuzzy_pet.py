@@ -105,7 +105,7 @@ class FuzzyPetModule(StageModule):
             if verbalizer.get("sets"):
                 log.info("task %s scores its candidate idioms; verbalizer sets %s do not apply", task.name, verbalizer["sets"])
             return
-        self.words = Verbalizer(task.verbalizers, task.label_list, tokenizer, task.name)
+        self.words = Verbalizer(task.verbalizers_for(pattern), task.label_list, tokenizer, task.name)
         used = self.words.select(verbalizer.get("sets"))
         self.set_names = sorted({self.words.words[i].set_name for i in used}, key=self.words.set_names.index)
         self.results["verbalizer_sets"] = self.set_names

@@ -71,6 +71,32 @@ def water_fill(lengths: list[int], budget: int) -> list[int]:
     return kept
 
 
+def slot_neighbours(template: str, allowed: list[str]) -> tuple[str, str]:
+    """The pattern characters right before and right after the mask slot ("" next to a field or an end)."""
+    segments = parse_pattern(template, allowed)
+    slot = next(i for i, s in enumerate(segments) if s.kind == "mask")
+    before = segments[slot - 1].value[-1:] if slot > 0 and segments[slot - 1].kind == "text" else ""
+    after = segments[slot + 1].value[:1] if slot + 1 < len(segments) and segments[slot + 1].kind == "text" else ""
+    return before, after
+
+
+def reading_problems(task) -> list[str]:
+    """Every (pattern, set, class, word) that cannot read as Chinese: an empty word, or a character doubled
+    across the slot boundary (关系是 + 是的 -> 关系是是的)."""
+    problems = []
+    for i, template in enumerate(task.patterns):
+        before, after = slot_neighbours(template, allowed_fields(task))
+        for set_name, table in task.verbalizers_for(i).items():
+            for label, words in table.items():
+                for word in words:
+                    where = f"task {task.name}: pattern {i} {template!r}, set {set_name}, class {label}"
+                    if not word.strip():
+                        problems.append(f"{where}: an empty word")
+                    elif (before and word[0] == before) or (after and word[-1] == after):
+                        problems.append(f"{where}: {word!r} doubles a character at the slot ({before}[{word}]{after})")
+    return problems
+
+
 class PatternEncoder:
     """Encodes rows into ``[CLS] pattern-with-n-masks [SEP]`` for several n at once."""
 

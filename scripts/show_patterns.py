@@ -1,0 +1,56 @@
+"""Every pattern of a task filled with every label word, for a human to read:
+
+    python scripts/show_patterns.py eprstmt [--row 0]
+
+Fields come from the first training row of split 0 (``FEWCLUE_DIR``), or appear as [field] without data;
+problems that tests/test_patterns_read.py rejects (doubled characters at the slot, empty words) are flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from datamodules.task_configs import load_task_specs  # noqa: E402
+from lightning_modules.patterns import allowed_fields, reading_problems, slot_neighbours  # noqa: E402
+
+
+def example_fields(task, row_index: int) -> dict[str, str]:
+    fields = {name: f"[{name}]" for name in allowed_fields(task)}
+    path = Path(os.environ.get("FEWCLUE_DIR", "data/fewclue")) / task.name / "train_0.json"
+    if path.is_file() and task.kind == "classification":
+        row = json.loads(path.read_text(encoding="utf-8-sig").splitlines()[row_index])
+        fields.update({name: str(row.get(name, fields[name]))[:40] for name in task.text_fields})
+    return fields
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("task")
+    parser.add_argument("--row", type=int, default=0)
+    args = parser.parse_args()
+    (task,) = load_task_specs([args.task])
+    fields = example_fields(task, args.row)
+    for i, template in enumerate(task.patterns):
+        before, after = slot_neighbours(template, allowed_fields(task))
+        own = " (its own sets)" if i in task.pattern_verbalizers else ""
+        print(f"pattern {i}{own}: {template}")
+        for set_name, table in task.verbalizers_for(i).items():
+            for label, words in table.items():
+                for word in words:
+                    filled = template.replace("{mask}", f"【{word}】").format(**fields)
+                    flag = "  <- doubled at the slot" if (before and word[0] == before) or (after and word[-1] == after) else ""
+                    print(f"  {set_name} {label:>14}: {filled}{flag}")
+    problems = reading_problems(task)
+    print(f"{len(problems)} problem(s)")
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
