@@ -26,6 +26,9 @@ class LeaderboardWriter(BasePredictionWriter):
             rows = _unique_by_id([row for part in gathered for row in part])
         if not trainer.is_global_zero:
             return
+        # Batches come in length order (datamodules.epoch_shuffle.LengthOrder): write in test.json's order.
+        position = {json.dumps(row.id): i for i, row in enumerate(trainer.datamodule.predict_rows)}
+        rows.sort(key=lambda row: position.get(json.dumps(row["id"]), len(position)))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.output_dir / pl_module.task.submission_file
         with self.path.open("w", encoding="utf-8") as handle:

@@ -1,4 +1,4 @@
-"""Shuffling that is a function of (seed, epoch) only, so that a resumed run sees the batches the
+"""Samplers of the task loaders. Shuffling that is a function of (seed, epoch) only, so that a resumed run sees the batches the
 uninterrupted run would have seen.
 
 torch's RandomSampler draws its permutation from the global RNG when an epoch's iterator is created,
@@ -48,3 +48,17 @@ class EpochShuffle(Sampler[int]):
 def fixed_generator(seed: int) -> torch.Generator:
     """For a DataLoader's own draws (its workers' base seed), kept off the global RNG for the same reason."""
     return torch.Generator().manual_seed(seed)
+
+
+class LengthOrder(Sampler[int]):
+    """Evaluation order by text length (longest first), so that a batch pads to similar lengths; writers that
+    need the file's order put predictions back by id."""
+
+    def __init__(self, lengths: list[int]) -> None:
+        self.order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)

@@ -15,7 +15,7 @@ from pathlib import Path
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from datamodules.epoch_shuffle import EpochShuffle, fixed_generator
+from datamodules.epoch_shuffle import EpochShuffle, LengthOrder, fixed_generator
 from datamodules.fewclue_download import locate_task_dir, split_files
 from datamodules.fewclue_rows import Row, read_rows
 from datamodules.mlm_texts import MlmText, mlm_loader
@@ -112,6 +112,10 @@ class FewClueDataModule(LightningDataModule):
             self._unlabeled_rows = kept[: self.max_unlabeled] if self.max_unlabeled else kept
         return self._unlabeled_rows
 
+    @staticmethod
+    def text_length(row: Row) -> int:
+        return sum(len(value) for value in row.fields.values() if isinstance(value, str))
+
     def _text_of(self, row: Row) -> tuple:
         return tuple(str(row.fields.get(name, "")) for name in self.task.text_fields)
 
@@ -128,7 +132,7 @@ class FewClueDataModule(LightningDataModule):
         return DataLoader(
             rows,
             batch_size=batch_size or (self.batch_size if shuffle else self.eval_batch_size),
-            sampler=EpochShuffle(rows, self.seed) if shuffle else None,
+            sampler=EpochShuffle(rows, self.seed) if shuffle else LengthOrder([self.text_length(row) for row in rows]),
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             generator=fixed_generator(self.seed),

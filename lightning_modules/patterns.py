@@ -121,6 +121,8 @@ class PatternEncoder:
             if s.kind == "text"
         }
         self.literal_length = sum(len(ids) for ids in self.literal_ids.values())
+        # Token ids of every field text seen: each text is tokenised once, not once per epoch.
+        self._token_ids: dict[str, list[int]] = {}
 
     def fill(self, fields: dict[str, str], mask_text: str) -> str:
         """The pattern as text, with ``mask_text`` in the mask slot (for showing examples)."""
@@ -130,11 +132,15 @@ class PatternEncoder:
 
     def encode(self, rows_fields: list[dict[str, str]], num_masks: list[int]) -> dict[int, dict[str, torch.Tensor]]:
         """For each n in ``num_masks``: input_ids, attention_mask, token_type_ids [B, T] and mask_positions [B, n]."""
-        field_ids = {
-            name: self.tokenizer([str(f[name]) for f in rows_fields], add_special_tokens=False)["input_ids"]
-            for name in dict.fromkeys(self.fields)
-        }
+        field_ids = {name: self.token_ids([str(f[name]) for f in rows_fields]) for name in dict.fromkeys(self.fields)}
         return {n: self._encode_with(field_ids, len(rows_fields), n) for n in num_masks}
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """The token ids of each text (no special tokens), from the cache; new texts in one tokenizer call."""
+        new = list(dict.fromkeys(t for t in texts if t not in self._token_ids))
+        if new:
+            self._token_ids.update(zip(new, self.tokenizer(new, add_special_tokens=False)["input_ids"]))
+        return [self._token_ids[t] for t in texts]
 
     def _encode_with(self, field_ids: dict[str, list[list[int]]], batch: int, n: int) -> dict[str, torch.Tensor]:
         budget = self.max_length - 2 - self.literal_length - n
