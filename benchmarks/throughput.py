@@ -28,7 +28,6 @@ import resource
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,12 +129,18 @@ class Interleaved(L.Callback):
 
 
 def build_module(stage: str, model, tokenizer, lr: float):
-    """The LightningModule of ``stage`` around ``model`` (switch here when a stage's module changes)."""
-    if stage == "mlm":
-        from lightning_modules.mlm import MlmModule
+    """The LightningModule of ``stage`` around ``model``, built from conf/stage/<stage>.yaml as train.py builds it
+    (constant lr: no schedule, so that every step does the same work)."""
+    if stage != "mlm":
+        raise ValueError(f"--stage {stage!r}: allowed mlm")
+    from hydra import compose, initialize_config_dir
 
-        return MlmModule(model, tokenizer, optimizer=partial(torch.optim.AdamW, eps=1e-8), scheduler=None, lr=lr)
-    raise ValueError(f"--stage {stage!r}: allowed mlm")
+    from train import instantiate_with
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"stage={stage}", f"stage.optim.lr={lr}", "stage.optim.scheduler=null",
+                                                      "stage.export_dir=null"])
+    return instantiate_with(cfg.stage, masked_lm=model, tokenizer=tokenizer)
 
 
 def strategy_from_conf(name: str, batch_size: int):

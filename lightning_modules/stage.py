@@ -194,8 +194,9 @@ class StageModule(LightningModule):
 
     # -- training --------------------------------------------------------------------------------
     def on_train_start(self) -> None:
-        datamodule: StageData = self.trainer.datamodule
-        numbers = {k: v for k, v in datamodule.stats.items() if isinstance(v, (int, float))}
+        datamodule: StageData | None = self.trainer.datamodule  # None when fit is given plain dataloaders
+        stats = datamodule.stats if datamodule is not None else {}
+        numbers = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         for logger in self.loggers:
             logger.log_metrics(numbers, step=0)
 
