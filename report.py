@@ -4,7 +4,9 @@
     python report.py SWEEP_DIR --zip      # also SWEEP_DIR/fewclue_submission.zip (one file per task)
 
 Runs are grouped by setting: task, stage, verbalizer and the run's other overrides (read from
-its ``.hydra/overrides.yaml``; split, seed and paths are not part of a setting). Per setting:
+its ``.hydra/overrides.yaml``; split, seed and paths are not part of a setting, every ``stage.*``,
+``task.*`` or ``verbalizer.*`` override is). The zip refuses (exit 2) a prediction file that does not
+cover every row of test.json (``data/predict_rows`` in results.json). Per setting:
 mean ± sample std of the accuracy over splits 0-4, the few_all (``split=all``) score, and, per
 stage/verbalizer/variant, the FewCLUE score: the unweighted mean over tasks of the split mean.
 Accuracy is ``test/acc`` (test_public.json) where every run of the table has it, else ``val/acc``
@@ -27,9 +29,11 @@ from pathlib import Path
 import yaml
 
 SPLITS = ("0", "1", "2", "3", "4")
-# Overrides that identify a run inside a setting, or only say where things are.
-NOT_A_SETTING = ("task", "data.split", "seed", "data.data_dir", "paths.", "hydra.", "keep_checkpoints",
-                 "stage", "verbalizer", "trainer.limit_predict_batches")
+# Overrides that identify a run inside a setting (exact keys: ``stage.aggregation`` *is* a setting, only the
+# group choice ``stage`` is not), or only say where things are (prefixes).
+NOT_A_SETTING = {"task", "data.split", "seed", "data.data_dir", "keep_checkpoints", "stage", "verbalizer",
+                 "trainer.limit_predict_batches", "logger", "ckpt_path"}
+LOCATIONS = ("paths.", "hydra.")
 
 
 @dataclass
@@ -73,7 +77,7 @@ def _overrides(run_dir: Path) -> dict[str, str]:
     for item in yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []:
         key, _, value = str(item).partition("=")
         key = key.lstrip("+~")
-        if not key.startswith(NOT_A_SETTING):
+        if key not in NOT_A_SETTING and not key.startswith(LOCATIONS):
             overrides[key] = value
     return overrides
 
@@ -208,6 +212,13 @@ def submission_zip(runs: list[Run], path: Path) -> list[str]:
         rank = (run.split == "all", run.results.get("val/acc") or 0.0)
         if current is None or rank > (current.split == "all", current.results.get("val/acc") or 0.0):
             chosen[task] = run
+    for task, run in sorted(chosen.items()):
+        expected = run.results.get("data/predict_rows")
+        written = sum(1 for line in Path(run.results["predictions"]).open(encoding="utf-8") if line.strip())
+        if expected is not None and written != expected:
+            print(f"error: task {task}: {run.results['predictions']} has {written} rows, test.json {expected} "
+                  f"(was the run limited with trainer.limit_predict_batches?); no zip written", file=sys.stderr)
+            sys.exit(2)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for task, run in sorted(chosen.items()):
             prediction = Path(run.results["predictions"])

@@ -26,7 +26,7 @@ def _run(root: Path, name: str, task: str, split: str, acc: float, verbalizer: s
     prediction.parent.mkdir()
     prediction.write_text(json.dumps({"id": 0, "label": split}) + "\n")
     results = {"stage": "fuzzy_pet", "task": task, "split": split, "val/acc": acc, "test/acc": None,
-               "verbalizer": verbalizer, "predictions": str(prediction)}
+               "verbalizer": verbalizer, "predictions": str(prediction), "data/predict_rows": 1}
     (run_dir / "results.json").write_text(json.dumps(results))
 
 
@@ -55,6 +55,27 @@ def test_report_numbers_by_hand(tmp_path):
         assert sorted(archive.namelist()) == ["eprstmt_predict.json", "ocnli_predict.json"]
         assert json.loads(archive.read("eprstmt_predict.json"))["label"] == "all"
     assert "a FewCLUE submission needs the 9 task files" in text
+
+
+def test_a_swept_stage_setting_is_its_own_row(tmp_path):
+    for i in range(2):
+        _run(tmp_path, f"s{i}", "eprstmt", str(i), 0.7, overrides=["stage.aggregation=sum_prob"])
+        _run(tmp_path, f"m{i}", "eprstmt", str(i), 0.6, overrides=["stage.aggregation=mean_logit"])
+    text = report(tmp_path)
+    assert "| eprstmt | fuzzy_pet | fuzzy | stage.aggregation=sum_prob | 2 | 70.00 ± 0.00 | - |" in text
+    assert "| eprstmt | fuzzy_pet | fuzzy | stage.aggregation=mean_logit | 2 | 60.00 ± 0.00 | - |" in text
+
+
+def test_zip_refuses_a_prediction_file_that_misses_rows(tmp_path):
+    _run(tmp_path, "e0", "eprstmt", "0", 0.7)
+    results = json.loads((tmp_path / "e0" / "results.json").read_text())
+    results["data/predict_rows"] = 753  # test.json's rows; the file has 1 (trainer.limit_predict_batches)
+    (tmp_path / "e0" / "results.json").write_text(json.dumps(results))
+    done = subprocess.run([sys.executable, str(ROOT / "report.py"), str(tmp_path), "--zip"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert "error: task eprstmt:" in done.stderr and "has 1 rows, test.json 753" in done.stderr
+    assert not (tmp_path / "fewclue_submission.zip").exists()
 
 
 def test_report_of_an_empty_directory_is_a_one_line_error(tmp_path):
