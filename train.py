@@ -132,9 +132,7 @@ def instantiate_with(node: DictConfig, **objects: Any) -> Any:
     ConfigError naming it, so that either ends the run with a one-line message."""
     try:
         return instantiate(node, _partial_=True)(**objects) if objects else instantiate(node)
-    except InstantiationException as err:
-        raise user_error(err, node._get_full_key(None)) from None
-    except TypeError as err:  # the partial's call: the live objects completed the arguments
+    except (InstantiationException, TypeError) as err:  # TypeError: from the partial's call with the live objects
         raise user_error(err, node._get_full_key(None)) from None
 
 

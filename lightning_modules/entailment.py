@@ -53,10 +53,8 @@ class EntailmentModule(StageModule):
         dropout: float,
         export_dir: str | None,
     ) -> None:
-        # A plain dict (not Hydra's DictConfig), so the checkpoint's hyperparameters load with weights_only.
-        loss_weights = {str(k): float(v) for k, v in loss_weights.items()}
         super().__init__(masked_lm, tokenizer, optim, 2, loss_weights, export_dir)
-        self.save_hyperparameters(ignore=["masked_lm", "tokenizer", "optim"])
+        self.save_settings()
         self.max_length = max_length
         self.mlm_max_length = mlm_max_length
         self.mask_prob = mask_prob

@@ -42,7 +42,7 @@ class FinetuneModule(StageModule):
         # The MLM head is left out: it would be a trained-nowhere parameter set (and break DDP).
         super().__init__(masked_lm.base_model, tokenizer, optim, task.num_classes, loss_weights={"cls": 1.0},
                          export_dir=None)
-        self.save_hyperparameters(ignore=["masked_lm", "task", "tokenizer", "optim"])
+        self.save_settings()
         self.task = task
         self.max_length = max_length
         hidden = self.backbone.config.hidden_size

@@ -62,14 +62,12 @@ class FuzzyPetModule(StageModule):
         mask_prob: float,
         debug: bool,
     ) -> None:
-        # A plain dict (not a DictConfig) so the checkpoint's hyperparameters load with weights_only.
-        verbalizer = _plain(verbalizer)
         if not 0.0 <= mlm_weight < 1.0:
             raise ConfigError(f"stage.mlm_weight={mlm_weight}; allowed: 0 <= mlm_weight < 1")
         # PET's auxiliary loss: (1 - w) * cloze + w * mlm.
         weights = {"cloze": 1.0 - mlm_weight, "mlm": mlm_weight}
         super().__init__(masked_lm, tokenizer, optim, task.num_classes, loss_weights=weights, export_dir=None)
-        self.save_hyperparameters(ignore=["masked_lm", "task", "tokenizer", "optim"])
+        self.save_settings()
         if aggregation not in AGGREGATIONS:
             raise ConfigError(f"stage.aggregation={aggregation!r}; allowed: {list(AGGREGATIONS)}")
         if word_score not in WORD_SCORES:
@@ -157,13 +155,18 @@ class FuzzyPetModule(StageModule):
 
     def word_scores(self, batch: dict) -> torch.Tensor:
         """[B, W]: the word scores of ``stage.word_score`` (sum, mean per character, or calibrated)."""
-        scores = self.joint_scores(batch)
-        if self.multiple_choice:
-            lengths = torch.full((scores.shape[-1],), float(batch["candidate_ids"].shape[-1]))
-        else:
-            lengths = self.word_lengths
         prior = self.content_free_scores(batch) if self.word_score == "calibrated" else None
-        return adjusted_word_scores(scores, lengths, self.word_score, prior)
+        return self.adjusted(self.joint_scores(batch), prior, self.slot_counts(batch))
+
+    def slot_counts(self, batch: dict) -> torch.Tensor:
+        """[W]: the number of characters (mask slots) of each word in use; chid's candidates share theirs."""
+        if self.multiple_choice:
+            candidates = batch["candidate_ids"]
+            return torch.full((candidates.shape[1],), float(candidates.shape[-1]))
+        return self.word_lengths
+
+    def adjusted(self, joint: torch.Tensor, prior: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
+        return adjusted_word_scores(joint, lengths, self.word_score, prior)
 
     @torch.no_grad()
     def content_free_scores(self, batch: dict) -> torch.Tensor:
@@ -255,9 +258,3 @@ class FuzzyPetModule(StageModule):
         if self.multiple_choice:
             return [f"{i}: {self.pattern_encoder.fill(row.fields, c)}" for i, c in enumerate(row.fields["candidates"])]
         return [f"{label}: {self.pattern_encoder.fill(row.fields, word)}" for label, word in self.words.examples().items()]
-
-
-def _plain(node) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)

@@ -58,11 +58,9 @@ class KgBertModule(StageModule):
         dropout: float,
         export_dir: str | None,
     ) -> None:
-        # A plain dict (not Hydra's DictConfig), so the checkpoint's hyperparameters load with weights_only.
-        loss_weights = {str(k): float(v) for k, v in loss_weights.items()}
         vocab_size = masked_lm.get_input_embeddings().num_embeddings
         super().__init__(masked_lm, tokenizer, optim, vocab_size, loss_weights, export_dir)
-        self.save_hyperparameters(ignore=["masked_lm", "tokenizer", "optim"])
+        self.save_settings()
         if not 0.0 <= spo_text_mask_prob <= 1.0:
             raise ConfigError(f"stage.spo_text_mask_prob={spo_text_mask_prob}; allowed: [0, 1]")
         hidden = masked_lm.config.hidden_size

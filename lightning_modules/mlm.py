@@ -31,11 +31,9 @@ class MlmModule(StageModule):
         loss_weights: dict[str, float],
         export_dir: str | None,
     ) -> None:
-        # A plain dict (not Hydra's DictConfig), so the checkpoint's hyperparameters load with weights_only.
-        loss_weights = {str(k): float(v) for k, v in loss_weights.items()}
         vocab_size = masked_lm.get_input_embeddings().num_embeddings
         super().__init__(masked_lm, tokenizer, optim, vocab_size, loss_weights, export_dir)
-        self.save_hyperparameters(ignore=["masked_lm", "tokenizer", "optim"])
+        self.save_settings()
         self.max_length = max_length
         self.mask_prob = mask_prob
         self.span_prob = mention_mask_prob if whole_word_mentions else 0.0

@@ -80,6 +80,11 @@ def slot_neighbours(template: str, allowed: list[str]) -> tuple[str, str]:
     return before, after
 
 
+def doubles_at_slot(word: str, before: str, after: str) -> bool:
+    """True when ``word`` repeats the pattern character next to the slot (关系是 + 是的 -> 关系是是的)."""
+    return bool(word) and ((before != "" and word[0] == before) or (after != "" and word[-1] == after))
+
+
 def reading_problems(task) -> list[str]:
     """Every (pattern, set, class, word) that cannot read as Chinese: an empty word, or a character doubled
     across the slot boundary (关系是 + 是的 -> 关系是是的)."""
@@ -92,7 +97,7 @@ def reading_problems(task) -> list[str]:
                     where = f"task {task.name}: pattern {i} {template!r}, set {set_name}, class {label}"
                     if not word.strip():
                         problems.append(f"{where}: an empty word")
-                    elif (before and word[0] == before) or (after and word[-1] == after):
+                    elif doubles_at_slot(word, before, after):
                         problems.append(f"{where}: {word!r} doubles a character at the slot ({before}[{word}]{after})")
     return problems
 

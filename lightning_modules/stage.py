@@ -17,6 +17,7 @@ dict that train.py and callbacks write into and that becomes results.json.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -36,6 +38,8 @@ from lightning_modules.consolidate import full_state_dict
 from lightning_modules.masking import IGNORE, mask_texts
 from lightning_modules.optim import Optim
 
+# Constructor arguments that are live objects handed in by train.py, not settings to save with a checkpoint.
+INJECTED = ("masked_lm", "tokenizer", "optim", "task")
 # Training losses and metrics are reported in results.json as the mean of this many last steps.
 FINAL_WINDOW = 10
 
@@ -138,6 +142,15 @@ class StageModule(LightningModule):
         return {}
 
     # -- shared pieces ---------------------------------------------------------------------------
+    def save_settings(self) -> None:
+        """``save_hyperparameters`` of the calling stage's ``__init__`` arguments, the injected objects left out,
+        as plain containers (not Hydra's DictConfig), so that a checkpoint loads with ``weights_only``."""
+        self.save_hyperparameters(ignore=list(INJECTED), frame=inspect.currentframe().f_back)
+        for store in (self._hparams, self._hparams_initial):
+            for key, value in store.items():
+                if isinstance(value, (DictConfig, ListConfig)):
+                    store[key] = OmegaConf.to_container(value, resolve=True)
+
     def _check_weights(self, weights: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(weights) - set(self.loss_names))
         if unknown:
@@ -225,8 +238,8 @@ class StageModule(LightningModule):
         # fp16 loss scaling skips steps with inf gradients by design; elsewhere they are divergence.
         if "16" in str(self.trainer.precision) and "bf16" not in str(self.trainer.precision):
             return
-        grads = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack(grads).norm()):
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
             raise TrainingDiverged(
                 f"the gradient norm is not finite at step {self.global_step} (epoch {self.current_epoch}): "
                 "training diverged; lower stage.optim.lr or check the data"

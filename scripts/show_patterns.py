@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datamodules.task_configs import load_task_specs  # noqa: E402
-from lightning_modules.patterns import allowed_fields, reading_problems, slot_neighbours  # noqa: E402
+from lightning_modules.patterns import allowed_fields, doubles_at_slot, reading_problems, slot_neighbours  # noqa: E402
 
 
 def example_fields(task, row_index: int) -> dict[str, str]:
@@ -45,7 +45,7 @@ def main() -> None:
             for label, words in table.items():
                 for word in words:
                     filled = template.replace("{mask}", f"【{word}】").format(**fields)
-                    flag = "  <- doubled at the slot" if (before and word[0] == before) or (after and word[-1] == after) else ""
+                    flag = "  <- doubled at the slot" if doubles_at_slot(word, before, after) else ""
                     print(f"  {set_name} {label:>14}: {filled}{flag}")
     problems = reading_problems(task)
     print(f"{len(problems)} problem(s)")

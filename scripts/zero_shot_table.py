@@ -17,19 +17,18 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning_modules.verbalizer import POOLINGS, WORD_SCORES, adjusted_word_scores, pooled_class_log_probs  # noqa: E402
+from lightning_modules.verbalizer import POOLINGS, WORD_SCORES  # noqa: E402
 from tests.conftest import TASKS, compose_config  # noqa: E402
 from train import build  # noqa: E402
 
 
 @torch.no_grad()
-def scored(module, rows, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Joint word scores [N, W] and the content-free prior ([W], or [N, W] for chid)."""
+def scored(module, rows, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Joint word scores [N, W], the content-free prior ([W], or [N, W] for chid) and the words' lengths [W]."""
     module.eval()
     joint, priors = [], []
     for start in range(0, len(rows), batch_size):
@@ -37,16 +36,13 @@ def scored(module, rows, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         joint.append(module.joint_scores(batch))
         priors.append(module.content_free_scores(batch))
     prior = torch.cat(priors) if module.multiple_choice else priors[0]
-    return torch.cat(joint), prior
+    return torch.cat(joint), prior, module.slot_counts(batch)
 
 
-def evaluate(module, joint, prior, labels, word_score: str, pooling: str) -> torch.Tensor:
-    if module.multiple_choice:
-        lengths = torch.full((joint.shape[-1],), 4.0)
-        return F.log_softmax(adjusted_word_scores(joint, lengths, word_score, prior), -1).argmax(-1)
-    scores = adjusted_word_scores(joint, module.word_lengths, word_score, prior)
-    return pooled_class_log_probs(scores, module.word_classes, module.word_sets, module.task.num_classes,
-                                  module.aggregation, pooling).argmax(-1)
+def evaluate(module, joint, prior, lengths, word_score: str, pooling: str) -> torch.Tensor:
+    """Predicted classes under one combination: the module's own adjustment and pooling, switched."""
+    module.word_score, module.pooling = word_score, pooling
+    return module.pooled(module.adjusted(joint, prior, lengths)).argmax(-1)
 
 
 def main() -> None:
@@ -67,10 +63,10 @@ def main() -> None:
         built = build(cfg)
         module, rows = built.module, built.datamodule.val_rows
         labels = torch.tensor([row.label for row in rows])
-        joint, prior = scored(module, rows, args.batch_size)
+        joint, prior, lengths = scored(module, rows, args.batch_size)
         accuracy, reached = {}, {}
         for word_score, pooling in combos:
-            predicted = evaluate(module, joint, prior, labels, word_score, pooling)
+            predicted = evaluate(module, joint, prior, lengths, word_score, pooling)
             accuracy[word_score, pooling] = 100 * (predicted == labels).float().mean().item()
             reached[word_score, pooling] = len(set(predicted.tolist()))
         best = max(combos, key=lambda c: accuracy[c])
