@@ -8,7 +8,6 @@ on unlabeled.json) to the DataModule through ``connect``. It is a ``datamodules.
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Callable
 from pathlib import Path
 
