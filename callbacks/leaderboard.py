@@ -1,4 +1,5 @@
-"""Writes the test.json predictions as a FewCLUE leaderboard file (one JSON object per line)."""
+"""Writes the test.json predictions as a FewCLUE leaderboard file (one JSON object per line); for a task of one's
+own (``data=files``), the predictions of ``data.predict`` in the same format."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 class LeaderboardWriter(BasePredictionWriter):
-    """Collects the rows that ``predict_step`` returns and writes ``<output_dir>/<task.submission_file>``."""
+    """Collects the rows that ``predict_step`` returns and writes ``<output_dir>/<task.prediction_file>`` (the task's
+    FewCLUE ``submission_file``, else ``<task>_predict.json``)."""
 
     def __init__(self, output_dir: str) -> None:
         super().__init__(write_interval="epoch")
@@ -30,7 +32,7 @@ class LeaderboardWriter(BasePredictionWriter):
         position = {json.dumps(row.id): i for i, row in enumerate(trainer.datamodule.predict_rows)}
         rows.sort(key=lambda row: position.get(json.dumps(row["id"]), len(position)))
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.output_dir / pl_module.task.submission_file
+        self.path = self.output_dir / pl_module.task.prediction_file
         with self.path.open("w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,4 +1,4 @@
-"""The FewCLUE DataModule shared by every fine-tuning stage.
+"""The FewCLUE DataModule shared by every fine-tuning stage, on a base that any source of one task's rows shares.
 
 It reads and validates rows; turning rows into tensors is the stage's job: train.py hands the
 stage's ``collate(rows) -> batch`` (and ``collate_mlm`` for a stage with an auxiliary masked-LM loss
@@ -23,14 +23,13 @@ from datamodules.task_spec import TaskSpec
 log = logging.getLogger(__name__)
 
 
-class FewClueDataModule(LightningDataModule):
+class TaskRowsDataModule(LightningDataModule):
+    """The rows of one task and their loaders; where the rows come from is the subclass's ``setup``
+    (``FewClueDataModule``: a FewCLUE task folder; ``datamodules.files.FilesDataModule``: a user's files)."""
+
     def __init__(
         self,
         task: TaskSpec,
-        split: str | int,
-        data_dir: str,
-        cache_dir: str,
-        download_url: str,
         batch_size: int,
         eval_batch_size: int,
         num_workers: int,
@@ -40,11 +39,6 @@ class FewClueDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.task = task
-        self.split = str(split)
-        split_files(self.split)  # fails early on a bad split name
-        self.data_dir = data_dir
-        self.cache_dir = cache_dir
-        self.download_url = download_url
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -53,31 +47,15 @@ class FewClueDataModule(LightningDataModule):
         self.seed = seed
         self.collate_fn: Callable[[list[Row]], dict] | None = None
         self.collate_mlm: Callable[[list[MlmText]], dict] | None = None
-        self.task_dir: Path | None = None
         self.labelled_rows: list[Row] = []
         self.train_rows: list[Row] = []
         self.val_rows: list[Row] = []
         self.test_rows: list[Row] | None = None
+        # The labelled test set's name in results.json ("test_set"), when there is one.
+        self.test_set: str | None = None
         self.predict_rows: list[Row] = []
         self.stats: dict = {}
         self._unlabeled_rows: list[Row] | None = None
-
-    def prepare_data(self) -> None:
-        locate_task_dir(self.task.name, self.split, self.data_dir, self.cache_dir, self.download_url)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.task_dir is not None:
-            return
-        self.task_dir = locate_task_dir(self.task.name, self.split, self.data_dir, self.cache_dir, self.download_url)
-        train_name, dev_name = split_files(self.split)
-        self.labelled_rows = read_rows(self.task, self.task_dir / train_name, labelled=True)
-        self.train_rows = list(self.labelled_rows)
-        self.val_rows = read_rows(self.task, self.task_dir / dev_name, labelled=True)
-        test_public = self.task_dir / "test_public.json"
-        self.test_rows = read_rows(self.task, test_public, labelled=True) if test_public.is_file() else None
-        self.predict_rows = read_rows(self.task, self.task_dir / "test.json", labelled=False)
-        self.stats = {"data/train_rows": len(self.train_rows), "data/val_rows": len(self.val_rows),
-                      "data/test_rows": len(self.test_rows or []), "data/predict_rows": len(self.predict_rows)}
 
     def connect(self, collate: Callable[[list[Row]], dict], collate_mlm: Callable[[list[MlmText]], dict] | None = None) -> None:
         self.collate_fn = collate
@@ -93,8 +71,11 @@ class FewClueDataModule(LightningDataModule):
 
     @property
     def unlabeled_path(self) -> Path | None:
-        path = self.task_dir / "unlabeled.json" if self.task_dir else None
-        return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
+        """The file of unlabeled rows, or None."""
+        return None
+
+    def read_unlabeled(self, path: Path) -> list[Row]:
+        return read_rows(self.task, path, labelled=False, allow_empty=True)
 
     def unlabeled_rows(self) -> list[Row]:
         """Rows of unlabeled.json (the first ``max_unlabeled`` of them), or [] when the task has none. Rows whose
@@ -102,12 +83,12 @@ class FewClueDataModule(LightningDataModule):
         the evaluated texts (eprstmt's unlabeled.json holds dozens of test.json texts word for word)."""
         if self._unlabeled_rows is None:
             path = self.unlabeled_path
-            rows = read_rows(self.task, path, labelled=False, allow_empty=True) if path else []
+            rows = self.read_unlabeled(path) if path else []
             evaluated = {self._text_of(row) for row in [*self.val_rows, *self.predict_rows, *(self.test_rows or [])]}
             kept = [row for row in rows if self._text_of(row) not in evaluated]
             self.stats["data/unlabeled_overlap_dropped"] = len(rows) - len(kept)
             if len(kept) < len(rows):
-                log.info("unlabeled.json: %d rows repeat a dev/test text and are left out", len(rows) - len(kept))
+                log.info("%s: %d rows repeat a dev/test text and are left out", path.name, len(rows) - len(kept))
             self._unlabeled_rows = kept[: self.max_unlabeled] if self.max_unlabeled else kept
         return self._unlabeled_rows
 
@@ -127,7 +108,7 @@ class FewClueDataModule(LightningDataModule):
 
     def loader(self, rows: list, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
         if self.collate_fn is None:
-            raise RuntimeError("FewClueDataModule.collate_fn is not set: the stage module provides it")
+            raise RuntimeError(f"{type(self).__name__}.collate_fn is not set: the stage module provides it")
         return DataLoader(
             rows,
             batch_size=batch_size or (self.batch_size if shuffle else self.eval_batch_size),
@@ -155,8 +136,58 @@ class FewClueDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if self.test_rows is None:
-            raise RuntimeError(f"{self.task_dir}/test_public.json is absent: there is no labelled test set")
+            raise RuntimeError("there is no labelled test set (has_test_labels is False)")
         return self.loader(self.test_rows)
 
     def predict_dataloader(self) -> DataLoader:
         return self.loader(self.predict_rows)
+
+
+class FewClueDataModule(TaskRowsDataModule):
+    """A FewCLUE task folder: ``data.split`` picks train_k/dev_k (or few_all); test_public.json is evaluated when
+    present, test.json predicted, unlabeled.json used by the stages that want it."""
+
+    def __init__(
+        self,
+        task: TaskSpec,
+        split: str | int,
+        data_dir: str,
+        cache_dir: str,
+        download_url: str,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        max_unlabeled: int | None,
+        mlm_batch_size: int,
+        seed: int,
+    ) -> None:
+        super().__init__(task, batch_size, eval_batch_size, num_workers, max_unlabeled, mlm_batch_size, seed)
+        self.split = str(split)
+        split_files(self.split)  # fails early on a bad split name
+        self.data_dir = data_dir
+        self.cache_dir = cache_dir
+        self.download_url = download_url
+        self.task_dir: Path | None = None
+
+    def prepare_data(self) -> None:
+        locate_task_dir(self.task.name, self.split, self.data_dir, self.cache_dir, self.download_url)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.task_dir is not None:
+            return
+        self.task_dir = locate_task_dir(self.task.name, self.split, self.data_dir, self.cache_dir, self.download_url)
+        train_name, dev_name = split_files(self.split)
+        self.labelled_rows = read_rows(self.task, self.task_dir / train_name, labelled=True)
+        self.train_rows = list(self.labelled_rows)
+        self.val_rows = read_rows(self.task, self.task_dir / dev_name, labelled=True)
+        test_public = self.task_dir / "test_public.json"
+        self.test_rows = read_rows(self.task, test_public, labelled=True) if test_public.is_file() else None
+        self.test_set = test_public.name if self.test_rows is not None else None
+        self.predict_rows = read_rows(self.task, self.task_dir / "test.json", labelled=False)
+        self.stats = {"data/train_rows": len(self.train_rows), "data/val_rows": len(self.val_rows),
+                      "data/test_rows": len(self.test_rows or []), "data/predict_rows": len(self.predict_rows)}
+
+    @property
+    def unlabeled_path(self) -> Path | None:
+        path = self.task_dir / "unlabeled.json" if self.task_dir else None
+        return path if path is not None and path.is_file() and path.stat().st_size > 0 else None

@@ -1,13 +1,18 @@
-"""Reading FewCLUE JSON-lines files into validated rows.
+"""Reading task files into validated rows: FewCLUE's JSON lines, and a user's ``.jsonl``/``.csv``/``.tsv``.
 
 Every problem is reported with the file, the line and the field, and no row is ever skipped:
-a file with errors stops the run before anything is trained.
+a file with errors stops the run before anything is trained. The format follows the file's extension
+(``.json``/``.jsonl``: JSON lines; ``.csv``: comma-separated with quoting; ``.tsv``: tab-separated, no
+quoting); a csv/tsv file starts with a header row naming its columns, and its cells are text.
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
+import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,7 @@ from datamodules.task_spec import TaskSpec
 from errors import DataError
 
 MAX_REPORTED_ERRORS = 20
+FORMATS = {".json": "jsonl", ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 
 
 @dataclass
@@ -27,6 +33,8 @@ class Row:
     label: int | None
     path: str
     line: int
+    # True when the row had no id and ``id`` is its line number (``read_rows(..., line_ids=True)``).
+    id_from_line: bool = False
 
 
 def _text(value: Any) -> str:
@@ -36,14 +44,14 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _parse_row(task: TaskSpec, raw: dict, path: Path, line: int, labelled: bool) -> Row:
+def _parse_row(task: TaskSpec, raw: dict, path: Path, line: int, labelled: bool, line_ids: bool = False) -> Row:
     where = f"{path}:{line}"
     if not isinstance(raw, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
     id_field = next((f for f in task.id_fields if f in raw), None)
-    if id_field is None:
+    if id_field is None and not line_ids:
         raise DataError(f"{where}: missing field {task.id_fields[0]!r} (the row id); row has {sorted(raw)}")
-    row_id = raw[id_field]
+    row_id = line if id_field is None else raw[id_field]
     if isinstance(row_id, bool) or not isinstance(row_id, (int, str)):
         raise DataError(f"{where}: field {id_field!r}: the row id must be an integer or a string, got {row_id!r}")
     fields: dict[str, Any] = {}
@@ -78,7 +86,7 @@ def _parse_row(task: TaskSpec, raw: dict, path: Path, line: int, labelled: bool)
         if task.label_field not in raw:
             raise DataError(f"{where}: missing field {task.label_field!r}; row has {sorted(raw)}")
         label = _class_index(task, raw[task.label_field], where)
-    return Row(id=row_id, fields=fields, label=label, path=str(path), line=line)
+    return Row(id=row_id, fields=fields, label=label, path=str(path), line=line, id_from_line=id_field is None)
 
 
 def _class_index(task: TaskSpec, value: Any, where: str) -> int:
@@ -97,43 +105,51 @@ def _class_index(task: TaskSpec, value: Any, where: str) -> int:
     return task.label_list.index(key)
 
 
-def read_rows(task: TaskSpec, path: Path, labelled: bool, allow_empty: bool = False) -> list[Row]:
-    """All rows of one JSON-lines file; raises DataError listing every bad line (up to 20).
+def file_format(path: str | Path) -> str:
+    """``jsonl``, ``csv`` or ``tsv``, by the file's extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise DataError(f"{path}: unknown file type {suffix or '(none)'!r}; allowed: {', '.join(FORMATS)}")
+    return FORMATS[suffix]
+
+
+def read_rows(
+    task: TaskSpec,
+    path: str | Path,
+    labelled: bool,
+    allow_empty: bool = False,
+    line_ids: bool = False,
+    data: bytes | None = None,
+    fmt: str | None = None,
+) -> list[Row]:
+    """All rows of one file; raises DataError listing every bad line (up to 20).
 
     The file must be UTF-8 (a leading BOM is allowed) and ids must be unique within it: every real
-    FewCLUE file, unlabeled.json included, has an id on each row and no id twice.
+    FewCLUE file, unlabeled.json included, has an id on each row and no id twice. ``line_ids``: a row
+    without an id gets its line number as id (``Row.id_from_line``). ``data``: the file's bytes, read from
+    elsewhere (stdin) and reported as ``path``; ``fmt`` overrides the format of the extension.
     """
     path = Path(path)
+    fmt = fmt or file_format(path)
+    # Bytes, decoded line by line, so that an encoding error names its line.
+    data = (path.read_bytes() if data is None else data).removeprefix(codecs.BOM_UTF8)
+    records = _json_records(path, data) if fmt == "jsonl" else _table_records(path, data, task, labelled, fmt)
     rows: list[Row] = []
     errors: list[str] = []
     first_line_of: dict[Any, int] = {}
-    # Bytes, decoded line by line, so that an encoding error names its line.
-    lines = path.read_bytes().removeprefix(codecs.BOM_UTF8).splitlines()
-    for line_number, data in enumerate(lines, start=1):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            errors.append(
-                f"{path}:{line_number}: not UTF-8 text (byte 0x{data[err.start]:02x} at byte {err.start + 1} "
-                f"of the line: {err.reason}); the file must be UTF-8"
-            )
-            break  # the whole file is most likely in another encoding: one line says it
-        if not text.strip():
-            continue
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as err:
-            errors.append(f"{path}:{line_number}: malformed JSON ({err.msg} at column {err.colno})")
-            continue
-        try:
-            row = _parse_row(task, raw, path, line_number, labelled)
-        except DataError as err:
-            errors.append(str(err))
-        else:
-            first = first_line_of.setdefault(row.id, line_number)
-            if first != line_number:
-                errors.append(f"{path}:{line_number}: duplicate id {row.id!r} (first on line {first})")
-            rows.append(row)
+    for line_number, raw, error in records:
+        if error is None:
+            try:
+                row = _parse_row(task, raw, path, line_number, labelled, line_ids)
+            except DataError as err:
+                error = str(err)
+            else:
+                first = first_line_of.setdefault(row.id, line_number)
+                if first != line_number:
+                    error = f"{path}:{line_number}: duplicate id {row.id!r} (first on line {first})"
+                rows.append(row)
+        if error is not None:
+            errors.append(error)
         if len(errors) >= MAX_REPORTED_ERRORS:
             break
     if errors:
@@ -142,3 +158,75 @@ def read_rows(task: TaskSpec, path: Path, labelled: bool, allow_empty: bool = Fa
     if not rows and not allow_empty:
         raise DataError(f"{path}: the file has no rows; a split must not be empty")
     return rows
+
+
+Record = tuple[int, Any, "str | None"]  # (line number, the raw row, or the error of that line)
+
+
+def _not_utf8(path: Path, line_number: int, line: bytes, column: int, reason: str) -> str:
+    return (f"{path}:{line_number}: not UTF-8 text (byte 0x{line[column]:02x} at byte {column + 1} "
+            f"of the line: {reason}); the file must be UTF-8")
+
+
+def _json_records(path: Path, data: bytes) -> Iterator[Record]:
+    for line_number, line in enumerate(data.splitlines(), start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield line_number, None, _not_utf8(path, line_number, line, err.start, err.reason)
+            return  # the whole file is most likely in another encoding: one line says it
+        if not text.strip():
+            continue
+        try:
+            yield line_number, json.loads(text), None
+        except json.JSONDecodeError as err:
+            yield line_number, None, f"{path}:{line_number}: malformed JSON ({err.msg} at column {err.colno})"
+
+
+def _table_records(path: Path, data: bytes, task: TaskSpec, labelled: bool, fmt: str) -> Iterator[Record]:
+    """Rows of a csv/tsv file with a header, as {column: cell} (an empty id or label cell is a missing value).
+    The header must name the task's text fields (and its label field, for a labelled file)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        start = data.rfind(b"\n", 0, err.start) + 1
+        line_number = data.count(b"\n", 0, err.start) + 1
+        yield line_number, None, _not_utf8(path, line_number, data[start:], err.start - start, err.reason)
+        return
+    options = {"delimiter": ","} if fmt == "csv" else {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    reader = csv.reader(io.StringIO(text, newline=""), **options)
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        return
+    except csv.Error as err:
+        yield 1, None, f"{path}:1: unreadable header ({err})"
+        return
+    needed = [*task.text_fields, *([task.label_field] if labelled else [])]
+    absent = [name for name in needed if name not in header]
+    if absent:
+        yield 1, None, f"{path}:1: field {absent[0]!r}: no such column in the header; the header has {header}"
+        return
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        yield 1, None, f"{path}:1: field {repeated[0]!r}: the header names it twice"
+        return
+    optional = {*task.id_fields, task.label_field}
+    end = reader.line_num
+    while True:
+        start = end + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            yield start, None, f"{path}:{start}: unreadable {fmt} row ({err})"
+            return
+        end = reader.line_num
+        if not cells or all(not cell.strip() for cell in cells):
+            continue
+        if len(cells) > len(header):
+            yield start, None, (f"{path}:{start}: {len(cells)} cells, the header has {len(header)} "
+                                f"({'quote a text that holds a comma' if fmt == 'csv' else 'a tab inside a text?'})")
+            continue
+        yield start, {name: cell for name, cell in zip(header, cells) if cell.strip() or name not in optional}, None

@@ -1,4 +1,4 @@
-"""The facts of one FewCLUE task, read from ``conf/task/<task>.yaml``."""
+"""The facts of one task, read from ``conf/task/<task>.yaml`` (or a user's own task folder on Hydra's search path)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ class TaskSpec:
     """
 
     name: str
-    kind: str
     text_fields: list[str]
-    label_field: str
-    submission_file: str
+    # A task of one's own (``data=files``) may leave out what only FewCLUE needs: the kind (a classification),
+    # the label field ("label") and the leaderboard file's name (predictions/<name>_predict.json).
+    kind: str = "classification"
+    label_field: str = "label"
+    submission_file: str | None = None
     id_fields: list[str] = field(default_factory=lambda: ["id"])
     labels: dict[str, str] = field(default_factory=dict)
     label_type: str = "str"
@@ -70,6 +72,11 @@ class TaskSpec:
         """Every label word of every set, the patterns' own sets included."""
         tables = [self.verbalizers, *self.pattern_verbalizers.values()]
         return [w for sets in tables for table in sets.values() for words in table.values() for w in words]
+
+    @property
+    def prediction_file(self) -> str:
+        """The file name of the predictions of ``data.predict`` / test.json in the run's predictions/."""
+        return self.submission_file or f"{self.name}_predict.json"
 
     @property
     def label_list(self) -> list[str]:
