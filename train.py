@@ -210,13 +210,13 @@ def run(r: Run) -> dict[str, Any]:
     results = {
         "stage": choice("stage"),
         "task": r.task.name,
-        "split": str(cfg.data.split),
+        "split": str(cfg.data.split) if "split" in cfg.data else None,  # data=files has no split
         "seed": int(cfg.seed),
         "model": choice("model"),
         "pretrained": r.backbone.pretrained,
         "val/acc": val_acc,
         "test/acc": test_acc,
-        "test_set": "test_public.json" if test_acc is not None else None,
+        "test_set": datamodule.test_set if test_acc is not None else None,
         "predictions": prediction_file(r.callbacks),
         "checkpoint": best if cfg.keep_checkpoints else None,
         "config": str(output_dir / "config.yaml"),
@@ -229,6 +229,7 @@ def run(r: Run) -> dict[str, Any]:
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        module.tokenizer.save_pretrained(output_dir / "tokenizer")  # predict.py rebuilds the model with it
         (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         if best and not cfg.keep_checkpoints:
             shutil.rmtree(Path(best).parent, ignore_errors=True)
