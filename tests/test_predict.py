@@ -1,0 +1,106 @@
+"""predict.py through the real CLI on a train.py run: test.json gives exactly the run's leaderboard labels, dev gives
+the run's val/acc, probabilities sum to 1, csv on stdin and --text agree with JSON lines, bad input is one line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import fewclue_dir
+from tests.helpers import ROOT, read_jsonl, run_cli
+
+NAMES = {"Positive": "正面", "Negative": "负面"}
+
+
+def predict_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "predict.py"), *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=300, env=environment)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """stage=finetune, tiny model, eprstmt split 0. One epoch of two batches predicts one class for every test.json
+    row, which would make the comparison below vacuous: three such epochs at lr 1e-3 give both classes."""
+    data = fewclue_dir()
+    work = tmp_path_factory.mktemp("predict")
+    done = run_cli([f"data.data_dir={data}", f"hydra.run.dir={work / 'run'}", "trainer.max_epochs=3",
+                    "+trainer.limit_train_batches=2", "stage.optim.lr=1e-3", "logger=none"], cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work / "run"
+
+
+def test_test_json_gives_exactly_the_leaderboard_labels_with_probabilities(run_dir, tmp_path):
+    data = fewclue_dir()
+    out = tmp_path / "predictions.jsonl"
+    done = predict_cli(run_dir, "--input", data / "eprstmt" / "test.json", "--output", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    predicted = read_jsonl(out)
+    leaderboard = read_jsonl(run_dir / "predictions" / "eprstmt_predict.json")
+    assert len(predicted) == len(leaderboard) == 753
+    assert [row["id"] for row in predicted] == [row["id"] for row in read_jsonl(data / "eprstmt" / "test.json")]
+    assert [row["label"] for row in predicted] == [row["label"] for row in leaderboard]
+    counts = Counter(row["label"] for row in leaderboard)
+    assert min(counts["Positive"], counts["Negative"]) > 0, counts  # both classes: the equality means something
+    for row in predicted:
+        assert set(row) == {"id", "label", "label_name", "probs"} and set(row["probs"]) == {"Negative", "Positive"}
+        assert abs(sum(row["probs"].values()) - 1.0) < 1e-9
+        assert row["label"] == max(row["probs"], key=row["probs"].get)
+        assert row["label_name"] == NAMES[row["label"]]
+    assert "753 row(s) predicted with" in done.stderr and "checkpoints/best.ckpt" in done.stderr
+    assert "predict: 100%" in done.stderr  # progress on stderr (12 batches of 64)
+
+
+def test_dev_rows_score_the_runs_val_acc(run_dir):
+    """The selected checkpoint on dev_0.json (its labels ignored by predict.py) scores results.json's val/acc."""
+    dev = read_jsonl(fewclue_dir() / "eprstmt" / "dev_0.json")
+    done = predict_cli(run_dir, "--input", fewclue_dir() / "eprstmt" / "dev_0.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    predicted = [json.loads(line) for line in done.stdout.splitlines()]
+    correct = sum(p["label"] == row["label"] for p, row in zip(predicted, dev))
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    assert len(predicted) == 32 and correct / 32 == results["val/acc"]
+
+
+def test_csv_on_stdin_and_text_agree_with_json_lines_ids_only_where_given(run_dir, tmp_path):
+    texts = [row["sentence"] for row in read_jsonl(fewclue_dir() / "eprstmt" / "test.json")[:3]]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "sentence": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)),
+                     encoding="utf-8")
+    from_file = [json.loads(line) for line in predict_cli(run_dir, "--input", jsonl).stdout.splitlines()]
+    table = io.StringIO()
+    csv.writer(table).writerows([["id", "sentence"], ["a7", texts[0]], ["", texts[1]], ["", texts[2]]])
+    csv_text = table.getvalue()
+    done = predict_cli(run_dir, "--input", "-", "--format", "csv", stdin=csv_text)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from_stdin = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [row.get("id") for row in from_stdin] == ["a7", None, None]  # csv ids are text; rows 2-3 have none
+    assert [row["label"] for row in from_stdin] == [row["label"] for row in from_file]
+    for a, b in zip(from_stdin, from_file):  # the same batch: the same numbers
+        assert a["probs"] == b["probs"]
+    single = predict_cli(run_dir, "--text", texts[1])
+    assert single.returncode == 0, single.stderr[-3000:]
+    (row,) = [json.loads(line) for line in single.stdout.splitlines()]
+    assert "id" not in row and row["label"] == from_file[1]["label"]
+    assert all(abs(row["probs"][k] - from_file[1]["probs"][k]) < 1e-5 for k in NAMES)  # alone: other padding
+
+
+def test_bad_input_is_one_line_naming_file_line_and_field_exit_2(run_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "sentence": "好"}\n{"id": 2, "text": "差"}\n{"id": 3, "sentence": "好"}\n{"id": 4}\n',
+                   encoding="utf-8")
+    done = predict_cli(run_dir, "--input", bad)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"error: {bad}:2: missing field 'sentence'; row has ['id', 'text'] (and 1 more bad row(s), line(s) 4)"
+    ]
+    nowhere = predict_cli(tmp_path / "no_run", "--text", "好")
+    assert nowhere.returncode == 2 and nowhere.stderr.strip() == f"error: {tmp_path / 'no_run'}: no such run directory"
