@@ -8,7 +8,8 @@ Rules, applied in this order:
   rejoined into ``中年男性`` (``join_spaced_chars``);
 - files named ``dev*``/``test*``/``val*`` are left out unless ``include_eval_splits=true``, so dev
   and test texts never reach pretraining by default; FewCLUE contributes the texts of its
-  training split (``fewclue_split``) and ``unlabeled.json``, never dev/test/test_public;
+  training split (``fewclue_split``) and ``unlabeled.json``, never dev/test/test_public, and never a
+  label (chid's blank stays empty: its labelled rows give the text either side, like unlabelled ones);
 - a text longer than ``max_chars`` is cut at sentence punctuation (。！？；!?;) into pieces of at most
   ``max_chars`` characters (a piece with no punctuation is cut hard);
 - exact duplicates are kept once (the first occurrence).
@@ -146,13 +147,12 @@ def _lines(handle) -> Iterator[str]:
 
 # -- FewCLUE -------------------------------------------------------------------------------------
 def row_texts(task: TaskSpec, row: Row) -> list[str]:
-    """The natural-language texts of one row: each text field; chid with its answer filled in
-    (unlabelled chid rows give the text left and right of the blank as two texts)."""
+    """The natural-language texts of one row: each text field (never a label). chid gives the text left
+    and right of the blank as two texts, labelled rows too: the gold idiom is never filled in, so a
+    pretraining corpus built from ``train_few_all`` does not hand a chain evaluated on split k the
+    answers of the other splits' rows."""
     if task.kind == "multiple_choice":
-        left, right = row.fields["left"], row.fields["right"]
-        if row.label is not None:
-            return [left + row.fields["candidates"][row.label] + right]
-        return [left, right]
+        return [row.fields["left"], row.fields["right"]]
     return [str(row.fields[name]) for name in task.text_fields]
 
 

@@ -123,6 +123,9 @@ class KnowledgeGraph:
         self.predicates: list[str] = list(subjects)
         self.subjects_of: dict[str, list[str]] = {p: list(names) for p, names in subjects.items()}
         self.objects_of: dict[str, list[str]] = {p: list(names) for p, names in objects.items()}
+        # The same as sets (dict keys): is a name a subject/object of a predicate (its type there)?
+        self.subject_set_of: dict[str, dict[str, None]] = dict(subjects)
+        self.object_set_of: dict[str, dict[str, None]] = dict(objects)
         self.entity_names: list[str] = list(dict.fromkeys([*self.by_subject, *self.by_object]))
 
     def names(self) -> list[str]:
@@ -131,6 +134,10 @@ class KnowledgeGraph:
 
     def __len__(self) -> int:
         return len(self.triples)
+
+    def predicates_of_subject(self, name: str) -> list[str]:
+        """The predicates under which ``name`` is a subject, each once."""
+        return list(dict.fromkeys(self.triples[i][1] for i in self.by_subject.get(name, ())))
 
     def degree(self, name: str) -> int:
         return len(self.by_subject.get(name, ())) + len(self.by_object.get(name, ()))

@@ -37,6 +37,10 @@ def tagging_loss(logits: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tags.reshape(-1), ignore_index=IGNORE)
 
 
-def margin_loss(scores: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
-    """Scores [R, 1 + K], positive first: mean of max(0, margin - s(pos) + s(neg)) over the K negatives."""
-    return F.relu(margin - scores[:, :1] + scores[:, 1:]).mean()
+def margin_loss(scores: torch.Tensor, margin: float = 1.0, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores [R, 1 + K], positive first: mean of max(0, margin - s(pos) + s(neg)) over the negatives;
+    ``valid`` [R, K] marks the real ones (a row with fewer than K negatives is padded, never repeated)."""
+    hinge = F.relu(margin - scores[:, :1] + scores[:, 1:])
+    if valid is None:
+        return hinge.mean()
+    return (hinge * valid).sum() / valid.sum().clamp(min=1)

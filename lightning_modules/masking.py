@@ -1,10 +1,15 @@
 """Masked-LM corruption and mention tags, per sequence.
 
 ``choose_positions`` picks about ``mask_prob`` of the maskable tokens; KG mentions given as token
-spans are whole-word units (ERNIE's entity-level masking): a mention is masked whole with
-probability ``span_prob`` while the budget allows, and its tokens are never masked one by one;
-the rest of the budget goes to single tokens outside mentions. ``corrupt`` applies BERT's 80/10/10
-rule (``[MASK]`` / a random token / unchanged) and returns the labels (-100 where nothing is predicted).
+spans are whole-word units (ERNIE's entity-level masking). Mentions are visited in random order;
+each is drawn with probability ``span_prob`` and a drawn mention is masked whole while the budget
+(round(``mask_prob`` x tokens)) is not used up *before its turn*: the last one may overshoot it, so a
+mention longer than the budget is masked as often as a short one (its chance does not depend on its
+own length). Mention tokens are never masked one by one; the rest of the budget goes to single
+tokens outside mentions. ``corrupt`` applies BERT's 80/10/10 rule (``[MASK]`` / a random token /
+unchanged) and returns the labels (-100 where nothing is predicted). ``mention_mask_rates`` measures
+the share of mentions masked whole, per mention length. ``joint_units`` is the rule of the
+sentence-SPO joint masking (no copy path between the sentence and the triple).
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ def choose_positions(
         order = torch.randperm(len(spans), generator=generator).tolist()
         draws = torch.rand(len(spans), generator=generator).tolist()
         for i in order:
+            if len(chosen) >= budget:
+                break
             start, end = spans[i]
             tokens = [t for t in range(start, end) if t in allowed]
-            if tokens and draws[i] < span_prob and len(chosen) + len(tokens) <= budget:
-                chosen.update(tokens)
+            if tokens and draws[i] < span_prob:
+                chosen.update(tokens)  # whole, even past the budget: long mentions are not left out
     rest = [t for t in candidates if t not in inside]
     for i in torch.randperm(len(rest), generator=generator).tolist():
         if len(chosen) >= budget:
@@ -112,6 +119,20 @@ class MaskedBatch:
     spans: list[list[tuple[int, int]]]
     span_names: list[list[str]]
     maskable: list[list[int]]
+    # The token ids before corruption (what the mention tagger reads).
+    original_ids: torch.Tensor
+
+    def plain_inputs(self) -> dict[str, torch.Tensor]:
+        """The same inputs with nothing masked."""
+        return {**self.inputs, "input_ids": self.original_ids}
+
+    def mention_tokens(self) -> torch.Tensor:
+        """[B, T] True on the tokens of a mention."""
+        inside = torch.zeros_like(self.labels, dtype=torch.bool)
+        for row, spans in enumerate(self.spans):
+            for start, end in spans:
+                inside[row, start:end] = True
+        return inside
 
 
 def mask_texts(
@@ -151,4 +172,122 @@ def mask_texts(
         all_maskable.append(maskable)
     inputs = {key: value for key, value in encoding.items()}
     inputs["input_ids"] = input_ids
-    return MaskedBatch(inputs, labels, all_spans, all_names, all_maskable)
+    return MaskedBatch(inputs, labels, all_spans, all_names, all_maskable, encoding["input_ids"])
+
+
+def mention_accuracy(
+    predicted: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, mention_tokens: torch.Tensor
+) -> torch.Tensor | None:
+    """Accuracy of the masked-LM predictions (``predicted``/``targets``, in the order of the labelled positions
+    of ``labels``) on the labelled tokens that lie inside a mention; None when no mention token is masked."""
+    inside = mention_tokens[labels != IGNORE]
+    if not inside.any():
+        return None
+    return (predicted[inside] == targets[inside]).float().mean()
+
+
+# -- how often mentions are masked whole ----------------------------------------------------------
+# Mention length buckets (characters) of kg/mention_mask_rate/<bucket>.
+MENTION_BUCKETS = ((1, 2, "1-2"), (3, 4, "3-4"), (5, 8, "5-8"), (9, None, "9+"))
+
+
+def mention_bucket(chars: int) -> str:
+    for low, high, name in MENTION_BUCKETS:
+        if chars >= low and (high is None or chars <= high):
+            return name
+    raise ValueError(f"a mention of {chars} characters")
+
+
+def mention_mask_rates(
+    tokenizer,
+    texts: list[str],
+    mentions: list[list[tuple[int, int, str]]],
+    random_ids: torch.Tensor,
+    max_length: int,
+    mask_prob: float,
+    span_prob: float,
+    repeats: int = 5,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> dict[str, float | None]:
+    """The share of mentions that ``mask_texts`` masks whole (every token labelled), overall and per mention
+    length in characters, over ``repeats`` seeded maskings of each text; ``kg/mask_ratio`` is the share of
+    text tokens masked. A bucket without mentions is None."""
+    total: dict[str, int] = {name: 0 for _, _, name in MENTION_BUCKETS}
+    whole: dict[str, int] = dict(total)
+    masked_tokens = text_tokens = 0
+    for repeat in range(repeats):
+        for first in range(0, len(texts), batch_size):
+            rows = range(first, min(first + batch_size, len(texts)))
+            seeds = [seed + repeat * len(texts) + i for i in rows]
+            batch = mask_texts(tokenizer, [texts[i] for i in rows], [mentions[i] for i in rows], seeds, random_ids,
+                               max_length, mask_prob, span_prob)
+            labelled = batch.labels != IGNORE
+            masked_tokens += int(labelled.sum())
+            text_tokens += sum(len(m) for m in batch.maskable)
+            for row, (spans, names) in enumerate(zip(batch.spans, batch.span_names)):
+                for (start, end), name in zip(spans, names):
+                    bucket = mention_bucket(len(name))
+                    total[bucket] += 1
+                    whole[bucket] += bool(labelled[row, start:end].all())
+    count = sum(total.values())
+    rates: dict[str, float | None] = {
+        "kg/mention_mask_rate": round(sum(whole.values()) / count, 4) if count else None,
+    }
+    for _, _, name in MENTION_BUCKETS:
+        rates[f"kg/mention_mask_rate/{name}"] = round(whole[name] / total[name], 4) if total[name] else None
+    rates["kg/mention_mask_mentions"] = float(count)
+    rates["kg/mask_ratio"] = round(masked_tokens / text_tokens, 4) if text_tokens else None
+    return rates
+
+
+# -- sentence-SPO joint masking -------------------------------------------------------------------
+def occurrences(text: str, name: str) -> list[tuple[int, int]]:
+    """Character spans of every non-overlapping occurrence of ``name`` in ``text``, left to right."""
+    found: list[tuple[int, int]] = []
+    start = text.find(name) if name else -1
+    while start >= 0:
+        found.append((start, start + len(name)))
+        start = text.find(name, start + len(name))
+    return found
+
+
+@dataclass
+class JointUnits:
+    """Character spans of one ``sentence`` / ``s p o`` pair: ``hidden_*`` are masked whole (every occurrence of
+    the hidden element, in the sentence and in the segment); ``visible_text`` are the sentence's occurrences of
+    the elements left visible in the segment, which background masking must not touch (they would be copies)."""
+
+    hidden: str
+    hidden_text: list[tuple[int, int]]
+    hidden_segment: list[tuple[int, int]]
+    visible_text: list[tuple[int, int]]
+
+
+def segment_text(triple: tuple[str, str, str]) -> str:
+    """The knowledge segment of a sentence-SPO pair: ``s p o``."""
+    return " ".join(triple)
+
+
+def joint_units(text: str, triple: tuple[str, str, str], part: int) -> JointUnits:
+    """The joint-masking rule: element ``part`` (0 s, 1 p, 2 o) of ``triple`` is hidden everywhere it occurs in
+    the pair, so no masked token can be read off an unmasked copy: its slot in the segment and every occurrence of
+    its string in the sentence and in the segment are masked together. An element whose string lies inside the
+    hidden one (o = 血压 in s = 高血压) is hidden with it, or it would show part of the answer."""
+    hidden = triple[part]
+    names = [name for j, name in enumerate(triple) if j == part or name in hidden]
+    segment = segment_text(triple)
+    in_text: set[tuple[int, int]] = set()
+    in_segment: set[tuple[int, int]] = set()
+    for j, name in enumerate(triple):
+        if name in names:
+            slot_start = sum(len(x) + 1 for x in triple[:j])
+            in_segment.add((slot_start, slot_start + len(name)))
+    for name in names:
+        in_text.update(occurrences(text, name))
+        in_segment.update(occurrences(segment, name))
+    visible: set[tuple[int, int]] = set()
+    for name in triple:
+        if name not in names:
+            visible.update(occurrences(text, name))
+    return JointUnits(hidden, sorted(in_text), sorted(in_segment), sorted(visible))

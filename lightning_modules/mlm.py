@@ -3,16 +3,50 @@
 The ablation baseline for ``stage=kgbert``: same data module, same masking rate and 80/10/10 rule,
 one loss. ``whole_word_mentions=true`` masks KG mentions whole (ERNIE's entity masking) without
 using any triple, to separate the effect of masking from that of the knowledge objectives.
+Validation (held-out sentences, fixed masks) masks mentions whole with probability
+``mention_mask_prob`` whatever ``whole_word_mentions``, as ``stage=kgbert`` does, so ``val/acc`` and
+``val/mention_acc`` (accuracy on the masked mention tokens) compare across the pretraining stages.
 """
 
 from __future__ import annotations
 
+import logging
+
 from torch import nn
 
-from datamodules.pretraining import PretrainRow
-from lightning_modules.masking import mask_texts
+from datamodules.pretraining import MENTION_SAMPLE, PretrainRow
+from lightning_modules.masking import mask_texts, mention_accuracy, mention_mask_rates
 from lightning_modules.optim import Optim
 from lightning_modules.stage import StageModule, StepOutput
+
+log = logging.getLogger(__name__)
+
+
+def measure_mention_masking(module: StageModule, datamodule) -> dict:
+    """``kg/mention_mask_rate`` (overall and per mention length) of the module's training masking, on the
+    datamodule's fixed sample of aligned sentences; recorded in ``module.results`` and logged."""
+    sample = datamodule.mention_sample(MENTION_SAMPLE)
+    rates = mention_mask_rates(
+        module.tokenizer, [a.text for a in sample], [a.mentions for a in sample], module.random_ids,
+        module.max_length, module.mask_prob, module.span_prob, seed=datamodule.seed,
+    )
+    rates["kg/mention_mask_sample"] = float(len(sample))
+    module.results.update(rates)
+    log.info("mention masking on %d aligned sentences: %s", len(sample),
+             ", ".join(f"{k}={v}" for k, v in rates.items()))
+    numbers = {k: v for k, v in rates.items() if v is not None}
+    for logger in module.loggers:
+        logger.log_metrics(numbers, step=0)
+    return rates
+
+
+def record_validation(module: StageModule) -> None:
+    """The latest validation's ``val/*`` metrics (``val/mention_acc``, ``val/gain``, ``val/loss``) into
+    ``module.results``, so results.json holds the held-out probe of the weights that are exported."""
+    if module.trainer.sanity_checking:
+        return
+    metrics = module.trainer.callback_metrics
+    module.results.update({k: round(float(v), 6) for k, v in metrics.items() if k.startswith("val/") and k != "val/acc"})
 
 
 class MlmModule(StageModule):
@@ -37,14 +71,26 @@ class MlmModule(StageModule):
         self.max_length = max_length
         self.mask_prob = mask_prob
         self.span_prob = mention_mask_prob if whole_word_mentions else 0.0
+        self.probe_span_prob = mention_mask_prob
 
     def collate(self, rows: list[PretrainRow]) -> dict:
+        # Validation rows (fixed masks) get the probe's whole-mention masking, the same in every pretraining stage.
+        span_prob = self.span_prob if rows[0].mask_seed is None else self.probe_span_prob
         masked = mask_texts(
             self.tokenizer, [r.text for r in rows], [r.mentions for r in rows], [r.mask_seed for r in rows],
-            self.random_ids, self.max_length, self.mask_prob, self.span_prob,
+            self.random_ids, self.max_length, self.mask_prob, span_prob,
         )
-        return {"inputs": masked.inputs, "labels": masked.labels, "size": len(rows)}
+        return {"inputs": masked.inputs, "labels": masked.labels, "mention_tokens": masked.mention_tokens(),
+                "size": len(rows)}
 
     def step(self, batch: dict) -> StepOutput:
         loss, predicted, targets = self.mlm_loss(self.encode(batch["inputs"]), batch["labels"])
-        return StepOutput({"mlm": loss}, predictions=predicted, targets=targets)
+        accuracy = mention_accuracy(predicted, targets, batch["labels"], batch["mention_tokens"])
+        metrics = {} if accuracy is None else {"kg/mention_acc": accuracy}
+        return StepOutput({"mlm": loss}, predictions=predicted, targets=targets, metrics=metrics)
+
+    def on_fit_start(self) -> None:
+        measure_mention_masking(self, self.trainer.datamodule)
+
+    def on_validation_end(self) -> None:
+        record_validation(self)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ import pytest
 from datamodules.alignment import AlignmentRules, EntityMatcher, align, longest_non_overlapping
 from datamodules.corpus import CorpusSource, corpus_files, read_corpus, read_text_file, rejoin_spaced, split_long
 from datamodules.kg import KgSource, KnowledgeGraph, load_kg, read_spo
-from datamodules.negatives import corrupt, sample_negatives
 from errors import DataError
 from tests.conftest import compose_config
 from train import instantiate_with
@@ -94,30 +92,6 @@ def test_longest_non_overlapping_prefers_length_then_leftmost():
 def test_matcher_finds_overlapping_occurrences_with_one_automaton():
     matcher = EntityMatcher(["北京", "北京大学", "大学"], AlignmentRules())
     assert sorted(matcher.find("北京大学")) == [(0, 2, "北京"), (0, 4, "北京大学"), (2, 4, "大学")]
-
-
-# -- negatives -----------------------------------------------------------------------------------
-def test_corrupted_spos_differ_from_the_positive_and_are_not_kg_triples(kg):
-    rng = random.Random(0)
-    positive = ("头痛", "类别", "症状")
-    for _ in range(50):
-        negatives = sample_negatives(positive, kg, 3, rng)
-        assert len(negatives) == 3 and len(set(negatives)) == 3
-        for negative in negatives:
-            assert negative != positive and negative not in kg.triple_set
-            assert sum(a != b for a, b in zip(negative, positive)) == 1  # exactly one slot replaced
-    subject = corrupt(positive, kg, "subject", rng)
-    assert subject[1:] == positive[1:] and subject[0] == "高血压"  # the other subject of 类别
-    obj = corrupt(positive, kg, "object", rng)
-    assert obj[:2] == positive[:2] and obj[2] == "疾病"
-
-
-def test_single_predicate_graph_falls_back_from_predicate_corruption():
-    kg = KnowledgeGraph([("苹果", "义原", "水果"), ("香蕉", "义原", "水果"), ("汽车", "义原", "交通工具")])
-    assert corrupt(("苹果", "义原", "水果"), kg, "predicate", random.Random(0)) is None
-    negatives = sample_negatives(("苹果", "义原", "水果"), kg, 3, random.Random(1))
-    assert negatives and all(n[1] == "义原" and n != ("苹果", "义原", "水果") for n in negatives)
-    assert not set(negatives) & kg.triple_set
 
 
 # -- readers ---------------------------------------------------------------------------------------

@@ -128,7 +128,9 @@ def test_every_kgbert_loss_is_finite_and_falls_when_overfitting_a_few_rows(kg_ro
     module = stage_module("kgbert", tiny_masked_lm(tokenizer, hidden=32), tokenizer, tmp_path / "run",
                           "stage.dropout=0.0", "stage.mask_prob=0.3")
     batch = module.collate(rows)  # fixed masks (mask_seed), so the same batch is fitted every step
-    assert batch["spo_mask"] is not None and batch["margin"]["groups"] == (5, 4)
+    # Negatives per row (datamodules.negatives): 2, 1 (咳嗽 类别 症状 is true), 2, 1 (the swap), 2; never repeated.
+    assert batch["spo_mask"] is not None and batch["margin"]["groups"] == (5, 3)
+    assert batch["margin"]["valid"].sum(1).tolist() == [2, 1, 2, 1, 2]
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
     history = []
     for _ in range(20):
@@ -169,9 +171,9 @@ def test_mlm_module_masks_mentions_whole_when_asked(kg_rows, tmp_path):
                           "stage.mention_mask_prob=1.0", "stage.mask_prob=0.3")
     batch = module.collate(rows[:1])  # 他患有高血压，经常头痛。: 12 characters, budget round(0.3 * 12) = 4
     masked = (batch["labels"][0] != IGNORE).nonzero().flatten().tolist()
-    # 高血压 (tokens 4-6) and 头痛 (10-11) cannot both fit in 4; whichever is drawn first is masked whole.
-    assert {4, 5, 6} <= set(masked) or {10, 11} <= set(masked)
-    assert len(masked) == 4
+    # Whichever of 高血压 (tokens 4-6) and 头痛 (10-11) comes first leaves the budget unspent (3 or 2 < 4), so the
+    # second is masked whole too, past the budget: 5 tokens, and no single token on top.
+    assert masked == [4, 5, 6, 10, 11]
 
 
 # -- through train.py ------------------------------------------------------------------------------
@@ -206,6 +208,12 @@ def test_kgbert_through_train_records_the_losses_alignment_and_export(make_confi
     assert results["kg/coverage"] == round(40 / 48, 4) and results["kg/triples_per_sentence"] == 2.4
     assert 0.0 < results["kg/gate_mean"] < 1.0
     assert results["val/acc"] is not None and 0.0 <= results["val/acc"] <= 1.0
+    # The held-out probe and the masking measured at setup (names of 2-4 characters: no 5-8 or 9+ bucket).
+    assert 0.0 <= results["val/mention_acc"] <= 1.0 and "val/gain" in results
+    assert results["kg/mention_mask_rate/5-8"] is None and results["kg/mention_mask_rate/9+"] is None
+    assert 0.0 < results["kg/mention_mask_rate/1-2"] <= 1.0 and 0.0 < results["kg/mention_mask_rate/3-4"] <= 1.0
+    assert results["kg/mention_mask_sample"] == 34  # 40 with a mention, less the 6 of them among the 8 held out
+    assert 0.0 < results["kg/negatives_mean"] <= 3.0
     export = Path(results["export_dir"])
     assert export == Path(cfg.paths.output_dir) / "export"
     model = AutoModelForMaskedLM.from_pretrained(export)
