@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
+import ipet
 from callbacks.leaderboard import LeaderboardWriter
 from datamodules.protocol import StageData
 from datamodules.task_spec import TaskSpec
@@ -189,12 +190,13 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Run:
     return Run(cfg, task, datamodule, backbone, module, callbacks, loggers, trainer)
 
 
-def run(r: Run) -> dict[str, Any]:
-    """fit -> select on dev -> test -> predict -> results.json (rank zero writes)."""
+def run(r: Run, extra_results: dict | None = None) -> dict[str, Any]:
+    """fit -> select on dev -> test -> predict -> results.json (rank zero writes; ``extra_results`` added)."""
     cfg, trainer, module, datamodule = r.cfg, r.trainer, r.module, r.datamodule
     failed = True
     try:
         with signals_reported(trainer):
+            log_config(r.loggers, cfg)
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
             best, val_acc = selected_checkpoint(trainer, module, datamodule)
             test_acc = None
@@ -225,6 +227,7 @@ def run(r: Run) -> dict[str, Any]:
         "zero_shot": trainer.global_step == 0,
         **datamodule.stats,
         **module.results,
+        **(extra_results or {}),
     }
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -240,6 +243,11 @@ def run(r: Run) -> dict[str, Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.get("distill") and cfg.distill.get("generations"):
+        # iPET: the generations train first; the distillation then learns from the last one.
+        last = ipet.run_generations(cfg, lambda c, callbacks, extra: run(build(c, callbacks), extra))
+        with open_dict(cfg):
+            cfg.distill.teachers = last
     return run(build(cfg))
 
 
@@ -289,6 +297,13 @@ def selected_checkpoint(trainer: L.Trainer, module, datamodule) -> tuple[str | N
 def prediction_file(callbacks: list) -> str | None:
     writer = next((cb for cb in callbacks if isinstance(cb, LeaderboardWriter)), None)
     return str(writer.path) if writer is not None and writer.path else None
+
+
+def log_config(loggers: list[Any], cfg: DictConfig) -> None:
+    """The resolved config as a W&B run's config (beside the stage's own hyperparameters, which Lightning adds)."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
 
 def close_loggers(loggers: list[Any], failed: bool) -> None:

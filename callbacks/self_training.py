@@ -65,7 +65,7 @@ class SelfTraining(Callback):
             return
         if trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs:
             return  # no epoch left to train on new pseudo-labels
-        probs = self.score(pl_module)
+        probs = pl_module.class_probs(self.unlabeled, self.batch_size)
         kept, confidence = select_balanced(probs, self.threshold, self.per_class)
         datamodule: TaskData = trainer.datamodule
         if not kept:
@@ -83,19 +83,6 @@ class SelfTraining(Callback):
         log.info("self-training round %d: kept %d of %d unlabeled rows (per class %s; mean confidence %.3f)",
                  done + 1, len(kept), len(self.unlabeled), per_class, mean_confidence)
         self._record(pl_module, entry)
-
-    @torch.no_grad()
-    def score(self, pl_module: StageModule) -> torch.Tensor:
-        """Class probabilities [N, C] of the unlabeled rows under the current weights."""
-        was_training = pl_module.training
-        pl_module.eval()
-        out = []
-        for start in range(0, len(self.unlabeled), self.batch_size):
-            batch = pl_module.collate(self.unlabeled[start : start + self.batch_size])
-            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-            out.append(pl_module.class_log_probs(batch).exp().float().cpu())
-        pl_module.train(was_training)
-        return torch.cat(out)
 
     def _record(self, pl_module: StageModule, entry: dict) -> None:
         self.history.append(entry)

@@ -40,7 +40,7 @@ class FinetuneModule(StageModule):
         dropout: float,
     ) -> None:
         # The MLM head is left out: it would be a trained-nowhere parameter set (and break DDP).
-        super().__init__(masked_lm.base_model, tokenizer, optim, task.num_classes, loss_weights={"cls": 1.0},
+        super().__init__(masked_lm.base_model, tokenizer, optim, task.num_classes, loss_weights={self.eval_loss: 1.0},
                          export_dir=None)
         self.save_settings()
         self.task = task

@@ -39,7 +39,7 @@ from lightning_modules.masking import IGNORE, mask_texts
 from lightning_modules.optim import Optim
 
 # Constructor arguments that are live objects handed in by train.py, not settings to save with a checkpoint.
-INJECTED = ("masked_lm", "tokenizer", "optim", "task")
+INJECTED = ("masked_lm", "tokenizer", "optim", "task", "teachers")
 # Training losses and metrics are reported in results.json as the mean of this many last steps.
 FINAL_WINDOW = 10
 
@@ -129,6 +129,19 @@ class StageModule(LightningModule):
     def predict(self, batch: dict) -> list[dict]:
         """Leaderboard rows of a batch of unlabelled rows."""
         raise NotImplementedError(f"{type(self).__name__} writes no predictions")
+
+    @torch.no_grad()
+    def class_probs(self, rows: list, batch_size: int) -> torch.Tensor:
+        """Class probabilities [N, C] of task rows under the current weights, in eval mode (self-training's
+        pseudo-labels, a teacher's probabilities on unlabeled rows)."""
+        was_training = self.training
+        self.eval()
+        out = []
+        for start in range(0, len(rows), batch_size):
+            batch = self.transfer_batch_to_device(self.collate(rows[start : start + batch_size]), self.device, 0)
+            out.append(self.class_log_probs(batch).exp().float().cpu())
+        self.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, 0)
 
     def batch_size(self, batch: dict) -> int:
         return batch["size"]
@@ -274,13 +287,13 @@ class StageModule(LightningModule):
         self.history.setdefault(name, deque(maxlen=FINAL_WINDOW)).append(float(value.detach()))
 
     # -- evaluation ------------------------------------------------------------------------------
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_acc)
+    def validation_step(self, batch: dict, batch_idx: int) -> StepOutput:
+        return self._evaluate(batch, "val", self.val_acc)  # callbacks get it as ``outputs`` (W&B's prediction table)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_acc)
 
-    def _evaluate(self, batch: dict, split: str, accuracy: MulticlassAccuracy) -> None:
+    def _evaluate(self, batch: dict, split: str, accuracy: MulticlassAccuracy) -> StepOutput:
         out = self.step(batch)
         size = self.batch_size(batch)
         if self.eval_loss in out.losses:
@@ -293,6 +306,7 @@ class StageModule(LightningModule):
         if predictions.numel():
             accuracy(predictions, out.targets)
             self.log(f"{split}/acc", accuracy, prog_bar=True, batch_size=size)
+        return out
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         return self.predict(batch)

@@ -22,7 +22,7 @@ INJECTED = {"masked_lm", "tokenizer", "params", "lr", "weight_decay", "task"}
 # Small value objects also built in Python (scripts, tests) keep their own defaults; conf/ may restate
 # them, and must then agree with them.
 VALUE_OBJECTS = {"datamodules.corpus.CorpusSource", "datamodules.kg.KgSource", "datamodules.alignment.AlignmentRules"}
-STAGES = ["finetune", "fuzzy_pet", "kgbert", "mlm", "entailment"]
+STAGES = ["finetune", "fuzzy_pet", "kgbert", "mlm", "entailment", "distill"]
 
 
 def target_nodes(node, path: str = ""):
@@ -97,7 +97,7 @@ def test_tiny_model_has_no_checkpoint_key(make_config):
 def test_callbacks_none_means_none_also_for_a_stage_that_adds_one(make_config):
     names = {type(c).__name__ for c in instantiate_all(make_config(["stage=fuzzy_pet"]).callbacks)}
     assert names == {"ModelCheckpoint", "RngState", "LeaderboardWriter", "TQDMProgressBar", "LossScaleMonitor",
-                     "SelfTraining"}
+                     "SelfTraining", "UnlabeledProbs"}
     assert instantiate_all(make_config(["stage=fuzzy_pet", "callbacks=none"]).get("callbacks")) == []
 
 

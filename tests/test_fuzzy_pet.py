@@ -141,7 +141,7 @@ def test_each_task_trains_tests_on_test_public_and_writes_its_leaderboard_file(
 ):
     cfg = make_config(
         ["stage=fuzzy_pet", f"task={task}", "trainer.max_steps=3", "data.batch_size=4", "data.eval_batch_size=128",
-         "stage.max_length=96"],
+         "stage.max_length=96", "data.max_unlabeled=50"],
         fewclue_with_test_public,
     )
     results = train(cfg)

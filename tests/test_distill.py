@@ -1,0 +1,148 @@
+"""PET's ensemble and distillation, and iPET: teachers' unlabeled probabilities, soft labels, the loss, the runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from callbacks.pseudo_labels import select_by_class
+from datamodules.teachers import TeacherEnsemble
+from errors import ConfigError
+from lightning_modules.distill import distillation_loss
+from tests.helpers import read_jsonl, run_cli
+from train import build, run, train
+
+
+def fake_teacher(run_dir, val_acc, ids, probs, task="eprstmt", split="0", generation=None):
+    run_dir.mkdir(parents=True)
+    torch.save({"task": task, "split": split, "labels": ["Negative", "Positive"], "ids": ids,
+                "probs": torch.tensor(probs)}, run_dir / "unlabeled_probs.pt")
+    results = {"val/acc": val_acc, "task": task, "unlabeled_probs": str(run_dir / "unlabeled_probs.pt")}
+    if generation is not None:
+        results["generation"] = generation
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+def test_distillation_loss_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    log_probs = F.log_softmax(logits, -1)
+    soft = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
+    is_soft = torch.tensor([False, True])
+    # Row 0 (labelled, class 0): -log softmax([2, 0])[0] = log(1 + e^-2).
+    hard = math.log(1 + math.exp(-2))
+    # Row 1 (soft, T = 2): student = softmax(log_probs / 2) = softmax([0, 1] / 2) (shifts cancel).
+    q1 = 1 / (1 + math.exp(0.5))
+    q = [q1, 1 - q1]
+    kl = 4 * sum(p * math.log(p / s) for p, s in zip([0.3, 0.7], q))
+    assert distillation_loss(log_probs, soft, is_soft, 2.0).item() == pytest.approx((hard + kl) / 2, abs=1e-6)
+
+
+def test_ensemble_weights_teachers_by_dev_accuracy_and_keeps_rows_every_teacher_scored(tmp_path):
+    a = fake_teacher(tmp_path / "sweep" / "0", 0.5, [1, 2, 3], [[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    fake_teacher(tmp_path / "sweep" / "1", 0.75, [2, 1], [[0.6, 0.4], [0.7, 0.3]])
+    ensemble = TeacherEnsemble(str(tmp_path / "sweep"), "dev_acc", 2.0)
+    assert [t.run_dir for t in ensemble.teachers] == [a, tmp_path / "sweep" / "1"]
+    assert ensemble.weights().tolist() == pytest.approx([0.4, 0.6])
+    kept, soft = ensemble.soft_labels([3, 1, 2])  # id 3 only has one teacher's score
+    assert kept == [1, 2]
+    for row, (p, r) in zip(soft, [([0.9, 0.1], [0.7, 0.3]), ([0.2, 0.8], [0.6, 0.4])]):
+        mean = [0.4 * math.log(x) + 0.6 * math.log(y) for x, y in zip(p, r)]
+        expected = torch.softmax(torch.tensor(mean) / 2.0, -1)
+        assert row.tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    # Teacher 1 says class 0 for id 2, teacher 0 says class 1: they agree on id 1 only.
+    assert ensemble.agreement([1, 2]) == 0.5
+    assert TeacherEnsemble([str(a)], "uniform", 1.0).weights().tolist() == [1.0]
+
+
+def test_ensemble_refusals_name_the_problem(tmp_path):
+    fake_teacher(tmp_path / "a", 0.5, [1], [[0.5, 0.5]])
+    fake_teacher(tmp_path / "b", 0.5, [1], [[0.5, 0.5]], split="1")
+    with pytest.raises(ConfigError, match="mixes tasks/splits"):
+        TeacherEnsemble([str(tmp_path / "a"), str(tmp_path / "b")], "dev_acc", 2.0)
+    with pytest.raises(ConfigError, match="does not exist"):
+        TeacherEnsemble(str(tmp_path / "nowhere"), "dev_acc", 2.0)
+    with pytest.raises(ConfigError, match="allowed"):
+        TeacherEnsemble(str(tmp_path / "a"), "best", 2.0)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.json").write_text(json.dumps({"task": "ocnli", "unlabeled_probs": None}))
+    with pytest.raises(ConfigError, match="ocnli.*no unlabeled rows"):
+        TeacherEnsemble(str(tmp_path / "c"), "dev_acc", 2.0)
+    with pytest.raises(ConfigError, match="trained on task eprstmt split 1"):
+        TeacherEnsemble(str(tmp_path / "b"), "dev_acc", 2.0).soft_rows([], "eprstmt", "0")
+
+
+def test_select_by_class_takes_each_classs_most_confident_rows():
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.95, 0.05], [0.45, 0.55]])
+    assert select_by_class(probs, [2, 3]) == [(3, 0), (0, 0), (2, 1), (4, 1)]
+
+
+FAST = ["trainer.max_epochs=1", "data.batch_size=16", "trainer.limit_predict_batches=1", "data.max_unlabeled=24"]
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, shared_fewclue):
+    """Two tiny fuzzy_pet runs of eprstmt split 0 (patterns 0 and 1), each with its unlabeled probabilities."""
+    from tests.conftest import compose_config
+
+    root = tmp_path_factory.mktemp("teachers")
+    for pattern in (0, 1):
+        train(compose_config(["stage=fuzzy_pet", "task=eprstmt", f"stage.pattern={pattern}", *FAST],
+                             root / str(pattern), shared_fewclue))
+    return root
+
+
+def test_every_fuzzy_pet_run_writes_its_probabilities_on_the_unlabeled_rows(teachers, make_config):
+    results = json.loads((teachers / "0" / "results.json").read_text())
+    saved = torch.load(results["unlabeled_probs"], weights_only=True)
+    datamodule = build(make_config(["stage=fuzzy_pet", "task=eprstmt", "data.max_unlabeled=24"])).datamodule
+    assert saved["ids"] == [row.id for row in datamodule.unlabeled_rows()] and results["unlabeled_rows"] == 24
+    assert saved["probs"].shape == (24, 2) and saved["probs"].sum(-1).tolist() == pytest.approx([1.0] * 24)
+    assert (saved["task"], saved["split"], saved["labels"]) == ("eprstmt", "0", ["Negative", "Positive"])
+
+
+def test_distill_trains_one_classifier_on_the_soft_labels_plus_the_labelled_rows(teachers, make_config):
+    r = build(make_config(["stage=distill", "task=eprstmt", f"distill.teachers={teachers}", *FAST]))
+    results = run(r)
+    assert [t["run"] for t in results["teachers"]] == [str(teachers / "0"), str(teachers / "1")]
+    assert sum(t["weight"] for t in results["teachers"]) == pytest.approx(1.0)
+    assert results["distill_rows"] == 24 and results["generation"] == 0 and 0 <= results["distill_agreement"] <= 1
+    assert len(r.datamodule.train_rows) == 32 + 24 and results["global_step"] == math.ceil(56 / 16)
+    assert results["val/acc"] is not None and len(read_jsonl(results["predictions"])) == 64
+    batch = r.module.collate(r.datamodule.train_rows[30:34])
+    assert batch["is_soft"].tolist() == [False, False, True, True]
+    assert batch["soft"][0].tolist() in ([1.0, 0.0], [0.0, 1.0]) and batch["soft"][2].sum().item() == pytest.approx(1.0)
+
+
+def test_ipet_generation_labels_a_growing_share_for_each_teacher_and_distils_the_last(teachers, make_config):
+    results = train(make_config(["stage=distill", "task=eprstmt", f"distill.teachers={teachers}",
+                                 "distill.generations=1", "distill.growth=2", *FAST]))
+    assert results["generation"] == 1
+    runs = [json.loads(open(t["run"] + "/results.json").read()) for t in results["teachers"]]
+    assert len(runs) == 2
+    for i, child in enumerate(runs):
+        assert child["generation"] == 1 and child["stage"] == "fuzzy_pet"
+        assert child["ipet_parent"] == str(teachers / str(i)) and child["ipet_teachers"] == [str(teachers / str(1 - i))]
+        # growth^1 x 32 labelled rows, split 16/16 as the labelled rows are; at most 24 unlabeled rows exist.
+        assert child["ipet_pseudo_labelled"] == sum(child["ipet_kept_per_class"]) <= 24
+        assert all(k <= 32 for k in child["ipet_kept_per_class"])
+        assert child["unlabeled_rows"] == 24
+
+
+def test_distill_refuses_a_task_without_unlabeled_data_in_one_line(tmp_path, shared_fewclue):
+    teacher = tmp_path / "ocnli"
+    done = run_cli(["stage=fuzzy_pet", "task=ocnli", f"hydra.run.dir={teacher}", "trainer.max_steps=1",
+                    "trainer.limit_predict_batches=1", "logger=none"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((teacher / "results.json").read_text())["unlabeled_probs"] is None
+    done = run_cli(["stage=distill", "task=ocnli", f"distill.teachers={teacher}", f"hydra.run.dir={tmp_path / 'd'}"],
+                   tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: distill.teachers: {teacher} (task ocnli) has no unlabeled rows: stage=distill needs a task with "
+        "unlabeled data")
