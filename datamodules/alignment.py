@@ -36,6 +36,16 @@ NAME_CHARACTER = re.compile(r"[\u3400-\u9fffA-Za-z]")
 
 Mention = tuple[int, int, str]  # character start, end (exclusive), entity name
 
+# Mention lengths (characters) by which masking is measured (kg/mention_mask_rate/<bucket>).
+MENTION_BUCKETS = ((1, 2, "1-2"), (3, 4, "3-4"), (5, 8, "5-8"), (9, None, "9+"))
+
+
+def mention_bucket(chars: int) -> str:
+    for low, high, name in MENTION_BUCKETS:
+        if chars >= low and (high is None or chars <= high):
+            return name
+    raise ValueError(f"a mention of {chars} characters")
+
 
 @dataclass
 class AlignmentRules:

@@ -23,7 +23,7 @@ from pathlib import Path
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.alignment import AlignedSentence, AlignmentRules, Mention, align
+from datamodules.alignment import MENTION_BUCKETS, AlignedSentence, AlignmentRules, Mention, align, mention_bucket
 from datamodules.corpus import CorpusSource, corpus_files, read_corpus
 from datamodules.epoch_shuffle import EpochShuffle, fixed_generator
 from datamodules.fewclue_download import split_files
@@ -232,17 +232,39 @@ class PretrainCorpusDataModule(LightningDataModule):
         if self.kg is None:
             self._load()
 
-    def mention_sample(self, size: int) -> list[AlignedSentence]:
-        """A fixed (seeded) sample of ``size`` training sentences that have a mention (all of them if fewer)."""
+    def mention_sample(self, size: int, stratified: bool = True) -> list[AlignedSentence]:
+        """A fixed (seeded) sample of ``size`` training sentences that have a mention (all of them if fewer).
+        Stratified: up to size / 4 sentences per bucket of their longest mention's length (1-2, 3-4, 5-8, 9+
+        characters), the rest drawn from all, so that rare long mentions (141 sentences with one of 9+
+        characters in the shared corpus) are measured on enough of them."""
         with_mentions = [a for a in self.train_sentences if a.mentions]
+        rng = random.Random(self.seed)
         if len(with_mentions) <= size:
             return with_mentions
-        return random.Random(self.seed).sample(with_mentions, size)
+        if not stratified:
+            return rng.sample(with_mentions, size)
+        by_bucket: dict[str, list[int]] = {name: [] for _, _, name in MENTION_BUCKETS}
+        for i, a in enumerate(with_mentions):
+            by_bucket[mention_bucket(max(len(name) for _, _, name in a.mentions))].append(i)
+        chosen: set[int] = set()
+        for indices in by_bucket.values():
+            chosen.update(rng.sample(indices, min(len(indices), size // len(by_bucket))))
+        rest = [i for i in range(len(with_mentions)) if i not in chosen]
+        chosen.update(rng.sample(rest, size - len(chosen)))
+        return [with_mentions[i] for i in sorted(chosen)]
+
+    def mention_counts(self) -> dict[str, int]:
+        """Mentions per length bucket in the training sentences."""
+        counts = {name: 0 for _, _, name in MENTION_BUCKETS}
+        for a in self.train_sentences:
+            for _, _, name in a.mentions:
+                counts[mention_bucket(len(name))] += 1
+        return counts
 
     def _negative_stats(self) -> dict[str, float]:
         """``kg/negatives_mean`` (negatives per aligned triple) and ``kg/negatives_short`` (share of triples with
         fewer than ``negatives``), drawn once for the first triple of a fixed sample of aligned sentences."""
-        sample = [a for a in self.mention_sample(MENTION_SAMPLE) if a.triples]
+        sample = [a for a in self.mention_sample(MENTION_SAMPLE, stratified=False) if a.triples]
         if not sample or not self.negatives:
             return {}
         rng = random.Random(self.seed)

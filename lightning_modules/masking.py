@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from datamodules.alignment import MENTION_BUCKETS, mention_bucket
+
 IGNORE = -100
 BIO = {"O": 0, "B": 1, "I": 2}
 
@@ -187,17 +189,6 @@ def mention_accuracy(
 
 
 # -- how often mentions are masked whole ----------------------------------------------------------
-# Mention length buckets (characters) of kg/mention_mask_rate/<bucket>.
-MENTION_BUCKETS = ((1, 2, "1-2"), (3, 4, "3-4"), (5, 8, "5-8"), (9, None, "9+"))
-
-
-def mention_bucket(chars: int) -> str:
-    for low, high, name in MENTION_BUCKETS:
-        if chars >= low and (high is None or chars <= high):
-            return name
-    raise ValueError(f"a mention of {chars} characters")
-
-
 def mention_mask_rates(
     tokenizer,
     texts: list[str],
@@ -209,10 +200,12 @@ def mention_mask_rates(
     repeats: int = 5,
     seed: int = 0,
     batch_size: int = 256,
+    bucket_weights: dict[str, int] | None = None,
 ) -> dict[str, float | None]:
-    """The share of mentions that ``mask_texts`` masks whole (every token labelled), overall and per mention
-    length in characters, over ``repeats`` seeded maskings of each text; ``kg/mask_ratio`` is the share of
-    text tokens masked. A bucket without mentions is None."""
+    """The share of mentions that ``mask_texts`` masks whole (every token labelled), per mention length in
+    characters and overall, over ``repeats`` seeded maskings of each text; ``kg/mask_ratio`` is the share of
+    text tokens masked. A bucket without mentions is None. With ``bucket_weights`` (mentions per bucket in the
+    corpus) the overall rate is the bucket rates weighted by them, for a sample stratified by length."""
     total: dict[str, int] = {name: 0 for _, _, name in MENTION_BUCKETS}
     whole: dict[str, int] = dict(total)
     masked_tokens = text_tokens = 0
@@ -231,9 +224,11 @@ def mention_mask_rates(
                     total[bucket] += 1
                     whole[bucket] += bool(labelled[row, start:end].all())
     count = sum(total.values())
-    rates: dict[str, float | None] = {
-        "kg/mention_mask_rate": round(sum(whole.values()) / count, 4) if count else None,
-    }
+    overall = sum(whole.values()) / count if count else None
+    if bucket_weights is not None and count:
+        weights = {b: w for b, w in bucket_weights.items() if total.get(b)}
+        overall = sum(w * whole[b] / total[b] for b, w in weights.items()) / sum(weights.values())
+    rates: dict[str, float | None] = {"kg/mention_mask_rate": None if overall is None else round(overall, 4)}
     for _, _, name in MENTION_BUCKETS:
         rates[f"kg/mention_mask_rate/{name}"] = round(whole[name] / total[name], 4) if total[name] else None
     rates["kg/mention_mask_mentions"] = float(count)

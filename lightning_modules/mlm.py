@@ -23,12 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def measure_mention_masking(module: StageModule, datamodule) -> dict:
-    """``kg/mention_mask_rate`` (overall and per mention length) of the module's training masking, on the
-    datamodule's fixed sample of aligned sentences; recorded in ``module.results`` and logged."""
+    """``kg/mention_mask_rate`` (per mention length, and overall weighted by the corpus's mentions per length) of
+    the module's training masking, on the datamodule's fixed sample of aligned sentences (stratified by mention
+    length); recorded in ``module.results`` and logged."""
     sample = datamodule.mention_sample(MENTION_SAMPLE)
     rates = mention_mask_rates(
         module.tokenizer, [a.text for a in sample], [a.mentions for a in sample], module.random_ids,
         module.max_length, module.mask_prob, module.span_prob, seed=datamodule.seed,
+        bucket_weights=datamodule.mention_counts(),
     )
     rates["kg/mention_mask_sample"] = float(len(sample))
     module.results.update(rates)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.alignment import AlignmentRules, align
+from datamodules.alignment import AlignmentRules, align, mention_bucket
 from datamodules.kg import KnowledgeGraph
 from datamodules.pretraining import AlignedDataset, PretrainRow
 from lightning_modules.char_vocab import char_tokenizer
-from lightning_modules.masking import IGNORE, choose_positions, joint_units, mention_bucket, mention_mask_rates
+from lightning_modules.masking import IGNORE, choose_positions, joint_units, mention_mask_rates
 from tests.helpers import stage_module
 from tests.test_kgbert import SENTENCES, TRIPLES, tiny_masked_lm
 
@@ -69,22 +69,30 @@ def test_mention_buckets_and_rates_by_hand(tokenizer):
 
 @pytest.mark.skipif(not (SHARED / "kg" / "HowNet.spo").is_file(), reason="../shared not found")
 def test_real_corpus_every_length_bucket_is_masked_whole_at_least_30_percent(tmp_path):
-    """The shared corpus aligned with HowNet + Medical, the stage's defaults, 2,000 sentences, zh-mlm-small's tokenizer."""
+    """What stage=kgbert measures at setup: the shared corpus aligned with HowNet + Medical, the datamodule's fixed
+    2,000-sentence sample (stratified by mention length), the stage's defaults, zh-mlm-small's tokenizer."""
     from transformers import AutoTokenizer
 
-    from datamodules.corpus import CorpusSource, read_corpus
-    from datamodules.kg import KgSource, load_kg
+    from datamodules.pretraining import MENTION_SAMPLE
+    from tests.conftest import compose_config
+    from train import instantiate_with
 
-    sentences, _ = read_corpus(CorpusSource(files=[str(SHARED / "corpus")], fewclue_dir=str(SHARED / "fewclue")),
-                               tmp_path)
-    kg, given = load_kg(KgSource(files=[str(SHARED / "kg")]))
-    aligned, _ = align(sentences, kg, AlignmentRules(), given)
-    sample = random.Random(0).sample([a for a in aligned if a.mentions], 2000)
+    cfg = compose_config([f"data.corpus.files=[{SHARED / 'corpus'}]", f"data.kg.files=[{SHARED / 'kg'}]",
+                          f"data.data_dir={SHARED / 'fewclue'}", "stage=kgbert"], tmp_path / "run")
+    datamodule = instantiate_with(cfg.data)
+    datamodule.setup()
+    sample = datamodule.mention_sample(MENTION_SAMPLE)
+    counts = datamodule.mention_counts()
     tok = AutoTokenizer.from_pretrained(SHARED / "encoders" / "zh-mlm-small")
     random_ids = torch.arange(5, len(tok))
-    rates = mention_mask_rates(tok, [a.text for a in sample], [a.mentions for a in sample], random_ids, 128, 0.15, 0.4)
-    # Measured (4,363 mentions x 5 maskings): 0.396 overall; 1-2 0.398, 3-4 0.396, 5-8 0.386, 9+ 0.52 (5 mentions);
-    # 15.2% of the tokens masked. The old rule (a mention only if it fit the budget): 0.364; 0.390, 0.359, 0.247, 0.08.
+    args = (tok, [a.text for a in sample], [a.mentions for a in sample], random_ids, 128, 0.15)
+    rates = mention_mask_rates(*args, cfg.stage.mention_mask_prob, seed=42, bucket_weights=counts)
+    # 2,000 sentences: 500 each whose longest mention has 1-2, 3-4 or 5-8 characters, all 141 with one of 9+, the
+    # rest at random; 24,665 mentions x 5 maskings. Measured: 0.382 overall (weighted by the corpus's 40,858 /
+    # 98,675 / 4,660 / 148 mentions per bucket); 1-2 0.390, 3-4 0.379, 5-8 0.369, 9+ 0.362; 15.5% of tokens masked.
+    # The old rule (a mention only if it fit the budget), same sample: 0.358; 0.385, 0.352, 0.262, 0.085.
+    # stage=mlm (no whole-mention masking): 0.006; 0.019, 0.001, 0.0, 0.0.
+    assert len(sample) == 2000 and sum(max(len(m[2]) for m in a.mentions) >= 9 for a in sample) == 141
     for bucket in ("1-2", "3-4", "5-8", "9+"):
         assert rates[f"kg/mention_mask_rate/{bucket}"] >= 0.3, (bucket, rates)
     assert 0.35 <= rates["kg/mention_mask_rate"] <= 0.45
