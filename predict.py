@@ -168,11 +168,21 @@ def _load_weights(module: StageModule, path: Path) -> None:
         raise ConfigError(f"--checkpoint {path}: a DeepSpeed checkpoint folder; convert it to one file first "
                           "(lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict)")
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ConfigError(f"checkpoint {path} does not fit the model of the run's config.yaml "
-                          f"({str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err})") from None
+    own = module.state_dict()
+    problems = []
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    reshaped = [key for key in own if key in state and own[key].shape != state[key].shape]
+    if missing:
+        problems.append(f"{len(missing)} weight(s) missing, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if reshaped:
+        key = reshaped[0]
+        problems.append(f"{len(reshaped)} of another shape, e.g. {key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}")
+    if problems:
+        raise ConfigError(f"checkpoint {path} does not fit the model of the run's config.yaml ({'; '.join(problems)})")
+    module.load_state_dict(state)
 
 
 def _check_export_covers(module: StageModule, folder: Path) -> None:

@@ -104,3 +104,17 @@ def test_bad_input_is_one_line_naming_file_line_and_field_exit_2(run_dir, tmp_pa
     ]
     nowhere = predict_cli(tmp_path / "no_run", "--text", "好")
     assert nowhere.returncode == 2 and nowhere.stderr.strip() == f"error: {tmp_path / 'no_run'}: no such run directory"
+
+
+def test_other_checkpoints_last_ckpt_and_an_export_folder_that_lacks_the_head(run_dir):
+    last = run_dir / "checkpoints" / "last.ckpt"
+    done = predict_cli(run_dir, "--checkpoint", last, "--text", "物流很快")
+    assert done.returncode == 0 and f"1 row(s) predicted with {last}" in done.stderr
+    encoder = Path(os.environ.get("ZH_MLM_SMALL", ROOT.parent / "shared" / "encoders" / "zh-mlm-small"))
+    if not (encoder / "config.json").is_file():
+        pytest.skip(f"no exported masked LM at {encoder}; set ZH_MLM_SMALL")
+    refused = predict_cli(run_dir, "--checkpoint", encoder, "--text", "物流很快")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: --checkpoint {encoder}: an export folder holds the masked LM only, and stage FinetuneModule has "
+        "weights of its own (head); give a .ckpt file")
