@@ -236,7 +236,7 @@ def run(r: Run, extra_results: dict | None = None) -> dict[str, Any]:
         (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         if best and not cfg.keep_checkpoints:
             shutil.rmtree(Path(best).parent, ignore_errors=True)
-        summary = f"val/acc: {_fmt(val_acc)}  test/acc: {_fmt(test_acc, 'n/a (no test_public.json)')}"
+        summary = f"val/acc: {_fmt(val_acc)}  test/acc: {_fmt(test_acc, 'n/a (no labelled test set: test_public.json, data.test)')}"
         log.info("%s -> %s", summary, output_dir / "results.json")
         print(summary)
     return results
