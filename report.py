@@ -2,6 +2,7 @@
 
     python report.py SWEEP_DIR            # table on stdout + SWEEP_DIR/report.{md,csv,png}
     python report.py SWEEP_DIR --zip      # also SWEEP_DIR/fewclue_submission.zip (one file per task)
+    python report.py SWEEP_DIR --wandb    # also the table and plot as one W&B run in the sweep's group
 
 Runs are grouped by setting: task, stage, verbalizer and the run's other overrides (read from
 its ``.hydra/overrides.yaml``; split, seed and paths are not part of a setting, every ``stage.*``,
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import sys
 import zipfile
@@ -226,7 +228,43 @@ def submission_zip(runs: list[Run], path: Path) -> list[str]:
     return [Path(chosen[t].results["predictions"]).name for t in sorted(chosen)]
 
 
-def report(sweep_dir: Path, make_zip: bool = False) -> str:
+def log_to_wandb(sweep_dir: Path, runs: list[Run], rows: list[dict], scores: list[dict], spreads: list[dict],
+                 metric: str) -> Path:
+    """One W&B run (job type ``report``) in the group of the sweep's runs (``wandb/group`` in their results.json;
+    the sweep directory when they were not logged to W&B), holding the table, the scores, the per-set spread and
+    the plot. Offline unless ``WANDB_MODE=online``; returns the run's directory."""
+    import wandb
+
+    groups = sorted({str(r.results["wandb/group"]) for r in runs if r.results.get("wandb/group")})
+    projects = sorted({str(r.results["wandb/project"]) for r in runs if r.results.get("wandb/project")})
+    if len(groups) > 1:
+        print(f"warning: the runs were logged in {len(groups)} W&B groups {groups}; the report goes to {sweep_dir}",
+              file=sys.stderr)
+    group = groups[0] if len(groups) == 1 else str(sweep_dir)
+    run = wandb.init(project=projects[0] if len(projects) == 1 else "fewclue", group=group, job_type="report",
+                     name=f"report-{sweep_dir.resolve().name}", dir=str(sweep_dir),
+                     mode=os.environ.get("WANDB_MODE") or "offline", config={"sweep_dir": str(sweep_dir), "metric": metric})
+    try:
+        def table(items: list[dict]):
+            columns = list(items[0])
+            return wandb.Table(columns=columns, data=[[_plain(item[c]) for c in columns] for item in items])
+
+        panels = {"report/table": table(rows), "report/plot": wandb.Image(str(sweep_dir / "report.png"))}
+        if scores:
+            panels["report/fewclue_score"] = table(scores)
+        if spreads:
+            panels["report/label_word_sets"] = table(spreads)
+        run.log(panels)
+    finally:
+        run.finish()
+    return Path(run.dir).parent
+
+
+def _plain(value):
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+
+
+def report(sweep_dir: Path, make_zip: bool = False, to_wandb: bool = False) -> str:
     runs = collect(sweep_dir)
     if not runs:
         raise SystemExit(f"error: no results.json under {sweep_dir}")
@@ -237,6 +275,8 @@ def report(sweep_dir: Path, make_zip: bool = False) -> str:
     (sweep_dir / "report.md").write_text(text, encoding="utf-8")
     write_csv(rows, sweep_dir / "report.csv")
     plot(rows, sweep_dir / "report.png", metric)
+    if to_wandb:
+        text += f"\nW&B: {log_to_wandb(sweep_dir, runs, rows, fewclue_scores(rows), verbalizer_spread(rows), metric)}\n"
     if make_zip:
         names = submission_zip(runs, sweep_dir / "fewclue_submission.zip")
         text += f"\nfewclue_submission.zip: {len(names)} file(s): {', '.join(names)}\n"
@@ -249,10 +289,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a directory holding results.json files (a multirun sweep)")
     parser.add_argument("--zip", action="store_true", help="zip one leaderboard file per task for submission")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log the table and plot as one W&B run in the sweep's group (offline unless WANDB_MODE=online)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         raise SystemExit(f"error: {args.sweep_dir} is not a directory")
-    print(report(args.sweep_dir, args.zip), end="")
+    print(report(args.sweep_dir, args.zip, args.wandb), end="")
     print(f"written: {args.sweep_dir / 'report.md'}, report.csv, report.png", file=sys.stderr)
 
 

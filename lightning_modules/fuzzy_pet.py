@@ -205,16 +205,27 @@ class FuzzyPetModule(StageModule):
         if self.training and not self.multiple_choice:
             return StepOutput({"cloze": self.mean_set_loss(scores, labels)}, targets=labels)
         log_probs = self.pooled(scores)
-        return StepOutput({"cloze": F.nll_loss(log_probs, labels)}, log_probs, targets=labels)
+        return StepOutput({"cloze": F.nll_loss(log_probs, labels)}, log_probs, targets=labels,
+                          metrics=self.set_accuracies(scores, labels))
 
     def mean_set_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The mean over label-word sets of each set's cross-entropy (within a set, p(class) ∝ Σ p(word))."""
-        losses = []
-        for s in range(len(self.set_names)):
-            in_set = self.word_sets == s
-            set_log_probs = class_log_probs(scores[:, in_set], self.word_classes[in_set], self.task.num_classes, self.aggregation)
-            losses.append(F.nll_loss(set_log_probs, labels))
+        losses = [F.nll_loss(self.set_log_probs(scores, s), labels) for s in range(len(self.set_names))]
         return torch.stack(losses).mean()
+
+    def set_log_probs(self, scores: torch.Tensor, s: int) -> torch.Tensor:
+        """[B, C]: the class distribution of label-word set ``s`` on its own words."""
+        in_set = self.word_sets == s
+        return class_log_probs(scores[:, in_set], self.word_classes[in_set], self.task.num_classes, self.aggregation)
+
+    def set_accuracies(self, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Evaluation: every set's own accuracy, ``acc_<set>`` (logged as ``val/acc_<set>``, the quantity a label-word
+        sweep compares), whatever the verbalizer pools; the batch mean, weighted by batch size over the epoch."""
+        labelled = labels != -100
+        if self.multiple_choice or not labelled.any():
+            return {}
+        return {f"acc_{name}": (self.set_log_probs(scores, s).argmax(-1) == labels)[labelled].float().mean()
+                for s, name in enumerate(self.set_names)}
 
     def batch_size(self, batch: dict) -> int:
         return len(batch["ids"])
