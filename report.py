@@ -1,7 +1,10 @@
 """Aggregate a sweep's results.json files into the FewCLUE table; optionally zip leaderboard files.
 
     python report.py SWEEP_DIR            # table on stdout + SWEEP_DIR/report.{md,csv,png}
-    python report.py SWEEP_DIR --zip      # also SWEEP_DIR/fewclue_submission.zip (one file per task)
+    python report.py SWEEP_DIR --zip      # also SWEEP_DIR/fewclue_submission.zip: the single board, one file per
+                                          # task from its split-0 run (train_0/dev_0, as FewCLUE's README prescribes)
+    python report.py SWEEP_DIR --board multi  # SWEEP_DIR/fewclue_multi_submission.zip: <task>_predict_<split>.json
+                                              # for splits 0-4 and all (upstream's resources/fewclue_m_submit_examples/)
     python report.py SWEEP_DIR --wandb    # also the table and plot as one W&B run in the sweep's group
 
 Runs are grouped by setting: task, stage, verbalizer and the run's other overrides (read from
@@ -31,6 +34,9 @@ from pathlib import Path
 import yaml
 
 SPLITS = ("0", "1", "2", "3", "4")
+# The multi board's six predictions per task: splits 0-4 and few_all.
+MULTI_SPLITS = (*SPLITS, "all")
+ZIPS = {"single": "fewclue_submission.zip", "multi": "fewclue_multi_submission.zip"}
 # Overrides that identify a run inside a setting (exact keys: ``stage.aggregation`` *is* a setting, only the
 # group choice ``stage`` is not), or only say where things are (prefixes).
 NOT_A_SETTING = {"task", "data.split", "seed", "data.data_dir", "keep_checkpoints", "stage", "verbalizer",
@@ -203,29 +209,84 @@ def plot(rows: list[dict], path: Path, metric: str) -> None:
     plt.close(fig)
 
 
-def submission_zip(runs: list[Run], path: Path) -> list[str]:
-    """One leaderboard file per task: the few_all run if there is one, else the best val/acc run."""
-    chosen: dict[str, Run] = {}
+def best_dev(runs: list[Run]) -> Run:
+    return max(runs, key=lambda r: r.results.get("val/acc") or 0.0)
+
+
+def single_board(runs: list[Run]) -> dict[str, Run]:
+    """FewCLUE's single board (README, 第一阶段 / 提交样例-单份): per task the run trained on train_0 and selected on
+    dev_0, predicting test.json: the split-0 run; among several settings' split-0 runs, the best on dev."""
+    by_task: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
-        prediction = run.results.get("predictions")
-        if not prediction or not Path(prediction).is_file():
-            continue
-        task, current = run.results.get("task"), chosen.get(run.results.get("task"))
-        rank = (run.split == "all", run.results.get("val/acc") or 0.0)
-        if current is None or rank > (current.split == "all", current.results.get("val/acc") or 0.0):
-            chosen[task] = run
-    for task, run in sorted(chosen.items()):
+        if run.split == "0":
+            by_task[run.results["task"]].append(run)
+    return {task: best_dev(candidates) for task, candidates in sorted(by_task.items())}
+
+
+def multi_board(runs: list[Run]) -> dict[tuple[str, str], Run]:
+    """FewCLUE's multi board (README, 第二阶段 / 提交样例-多份): per task one prediction of test.json per split
+    0-4 and all. One setting per task makes all six: the one covering the most of them, then the best mean dev
+    accuracy over them; for a split it ran more than once (seeds), its best dev run."""
+    settings: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.split in MULTI_SPLITS:
+            r = run.results
+            settings[(r["task"], r.get("stage"), r.get("verbalizer") or "-", run.variant)].append(run)
+
+    def rank(key: tuple) -> tuple:
+        per_split = [best_dev([r for r in settings[key] if r.split == s]) for s in MULTI_SPLITS
+                     if any(r.split == s for r in settings[key])]
+        return len(per_split), statistics.fmean(r.results.get("val/acc") or 0.0 for r in per_split)
+
+    chosen: dict[tuple[str, str], Run] = {}
+    for task in sorted({key[0] for key in settings}):
+        best = max((key for key in settings if key[0] == task), key=rank)
+        for split in MULTI_SPLITS:
+            candidates = [r for r in settings[best] if r.split == split]
+            if candidates:
+                chosen[(task, split)] = best_dev(candidates)
+    return chosen
+
+
+def submission_zip(runs: list[Run], path: Path, board: str = "single") -> list[str]:
+    """The leaderboard zip of ``board``: single (one file per task, as in upstream's
+    resources/fewclue_submit_examples/: ``eprstmt_predict.json``, ``chidf_predict.json``, ...) or multi (one per
+    task and split, as in resources/fewclue_m_submit_examples/: ``eprstmt_predict_0.json`` ...
+    ``chidf_predict_all.json``). Refuses (exit 2) a prediction file that misses rows of test.json."""
+    with_files = [r for r in runs if r.results.get("predictions") and Path(r.results["predictions"]).is_file()]
+    if board == "single":
+        files = {Path(run.results["predictions"]).name: run for run in single_board(with_files).values()}
+    else:
+        files = {f"{Path(run.results['predictions']).stem}_{split}.json": run
+                 for (_, split), run in multi_board(with_files).items()}
+    for name, run in files.items():
         expected = run.results.get("data/predict_rows")
         written = sum(1 for line in Path(run.results["predictions"]).open(encoding="utf-8") if line.strip())
         if expected is not None and written != expected:
-            print(f"error: task {task}: {run.results['predictions']} has {written} rows, test.json {expected} "
-                  f"(was the run limited with trainer.limit_predict_batches?); no zip written", file=sys.stderr)
+            print(f"error: task {run.results['task']}: {run.results['predictions']} has {written} rows, test.json "
+                  f"{expected} (was the run limited with trainer.limit_predict_batches?); no zip written", file=sys.stderr)
             sys.exit(2)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for task, run in sorted(chosen.items()):
-            prediction = Path(run.results["predictions"])
-            archive.write(prediction, arcname=prediction.name)
-    return [Path(chosen[t].results["predictions"]).name for t in sorted(chosen)]
+        for name, run in sorted(files.items()):
+            archive.write(run.results["predictions"], arcname=name)
+    return sorted(files)
+
+
+def board_warnings(runs: list[Run], names: list[str], board: str) -> str:
+    """What the zip lacks for a complete submission: tasks (9), and on the multi board splits per task (6)."""
+    tasks = sorted({r.results.get("task") for r in runs})
+    if board == "single":
+        missing = [t for t in tasks if not any(r.results.get("task") == t and r.split == "0" and r.results.get("predictions")
+                                               for r in runs)]
+        text = "".join(f"warning: task {t} has no split-0 run with a prediction file; it is not in the zip\n" for t in missing)
+        return text + ("warning: a FewCLUE submission needs the 9 task files\n" if len(names) < 9 else "")
+    per_task = defaultdict(set)
+    for name in names:
+        stem, _, split = name.removesuffix(".json").rpartition("_")
+        per_task[stem].add(split)
+    text = "".join(f"warning: {stem}: no prediction for split(s) {', '.join(s for s in MULTI_SPLITS if s not in got)}\n"
+                   for stem, got in sorted(per_task.items()) if len(got) < len(MULTI_SPLITS))
+    return text + ("warning: a FewCLUE multi-board submission needs 9 tasks x 6 files\n" if len(names) < 54 else "")
 
 
 def log_to_wandb(sweep_dir: Path, runs: list[Run], rows: list[dict], scores: list[dict], spreads: list[dict],
@@ -264,7 +325,7 @@ def _plain(value):
     return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
 
 
-def report(sweep_dir: Path, make_zip: bool = False, to_wandb: bool = False) -> str:
+def report(sweep_dir: Path, make_zip: bool = False, to_wandb: bool = False, board: str = "single") -> str:
     runs = collect(sweep_dir)
     if not runs:
         raise SystemExit(f"error: no results.json under {sweep_dir}")
@@ -278,23 +339,26 @@ def report(sweep_dir: Path, make_zip: bool = False, to_wandb: bool = False) -> s
     if to_wandb:
         text += f"\nW&B: {log_to_wandb(sweep_dir, runs, rows, fewclue_scores(rows), verbalizer_spread(rows), metric)}\n"
     if make_zip:
-        names = submission_zip(runs, sweep_dir / "fewclue_submission.zip")
-        text += f"\nfewclue_submission.zip: {len(names)} file(s): {', '.join(names)}\n"
-        if len(names) < 9:
-            text += "warning: a FewCLUE submission needs the 9 task files\n"
+        names = submission_zip(runs, sweep_dir / ZIPS[board], board)
+        text += f"\n{ZIPS[board]} ({board} board): {len(names)} file(s): {', '.join(names)}\n"
+        text += board_warnings(runs, names, board)
     return text
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a directory holding results.json files (a multirun sweep)")
-    parser.add_argument("--zip", action="store_true", help="zip one leaderboard file per task for submission")
+    parser.add_argument("--zip", action="store_true",
+                        help="zip the single-board submission: per task the split-0 run's test.json predictions")
+    parser.add_argument("--board", choices=sorted(ZIPS),
+                        help="zip this board's submission: single (as --zip) or multi (per task splits 0-4 and all)")
     parser.add_argument("--wandb", action="store_true",
                         help="log the table and plot as one W&B run in the sweep's group (offline unless WANDB_MODE=online)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         raise SystemExit(f"error: {args.sweep_dir} is not a directory")
-    print(report(args.sweep_dir, args.zip, args.wandb), end="")
+    board = args.board or "single"
+    print(report(args.sweep_dir, args.zip or args.board is not None, args.wandb, board), end="")
     print(f"written: {args.sweep_dir / 'report.md'}, report.csv, report.png", file=sys.stderr)
 
 

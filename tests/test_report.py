@@ -16,15 +16,17 @@ from report import report
 from tests.helpers import ROOT, read_jsonl, run_cli
 
 
-def _run(root: Path, name: str, task: str, split: str, acc: float, verbalizer: str = "fuzzy", overrides=()):
+def _run(root: Path, name: str, task: str, split: str, acc: float, verbalizer: str = "fuzzy", overrides=(),
+         file: str | None = None):
+    """A run directory as train.py leaves it; its one prediction row's label is the run's name."""
     run_dir = root / name
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(
         yaml.safe_dump([f"task={task}", f"data.split={split}", f"verbalizer={verbalizer}", *overrides])
     )
-    prediction = run_dir / "predictions" / f"{task}_predict.json"
+    prediction = run_dir / "predictions" / (file or f"{task}_predict.json")
     prediction.parent.mkdir()
-    prediction.write_text(json.dumps({"id": 0, "label": split}) + "\n")
+    prediction.write_text(json.dumps({"id": 0, "label": name}) + "\n")
     results = {"stage": "fuzzy_pet", "task": task, "split": split, "val/acc": acc, "test/acc": None,
                "verbalizer": verbalizer, "predictions": str(prediction), "data/predict_rows": 1}
     (run_dir / "results.json").write_text(json.dumps(results))
@@ -50,10 +52,11 @@ def test_report_numbers_by_hand(tmp_path):
     for name in ("report.md", "report.csv", "report.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
-    # The zip takes the few_all run of eprstmt and the best dev run of ocnli.
+    # The single board takes each task's split-0 run (train_0/dev_0); of ocnli's three settings, the best on dev_0.
     with zipfile.ZipFile(tmp_path / "fewclue_submission.zip") as archive:
         assert sorted(archive.namelist()) == ["eprstmt_predict.json", "ocnli_predict.json"]
-        assert json.loads(archive.read("eprstmt_predict.json"))["label"] == "all"
+        assert json.loads(archive.read("eprstmt_predict.json"))["label"] == "e0"  # not few_all (0.88), not split 4 (0.9)
+        assert json.loads(archive.read("ocnli_predict.json"))["label"] == "ost0"  # 0.45 > fuzzy 0.40 > v1 0.30
     assert "a FewCLUE submission needs the 9 task files" in text
 
 
@@ -64,6 +67,40 @@ def test_a_swept_stage_setting_is_its_own_row(tmp_path):
     text = report(tmp_path)
     assert "| eprstmt | fuzzy_pet | fuzzy | stage.aggregation=sum_prob | 2 | 70.00 ± 0.00 | - |" in text
     assert "| eprstmt | fuzzy_pet | fuzzy | stage.aggregation=mean_logit | 2 | 60.00 ± 0.00 | - |" in text
+
+
+def test_multi_board_has_six_files_per_task_from_one_setting(tmp_path):
+    # eprstmt: fuzzy (mean dev 0.70 over its six runs) and v1 (0.60, though best on split 2); ocnli's file is ocnlif_*.
+    for split, fuzzy, v1 in [("0", 0.7, 0.6), ("1", 0.7, 0.6), ("2", 0.6, 0.9), ("3", 0.8, 0.5), ("4", 0.7, 0.5),
+                             ("all", 0.7, 0.5)]:
+        _run(tmp_path, f"f{split}", "eprstmt", split, fuzzy)
+        _run(tmp_path, f"v{split}", "eprstmt", split, v1, verbalizer="v1")
+    _run(tmp_path, "o0", "ocnli", "0", 0.5, file="ocnlif_predict.json")
+    _run(tmp_path, "o0seed", "ocnli", "0", 0.6, file="ocnlif_predict.json", overrides=["seed=7"])  # a second seed
+    _run(tmp_path, "oall", "ocnli", "all", 0.4, file="ocnlif_predict.json")
+    done = subprocess.run([sys.executable, str(ROOT / "report.py"), str(tmp_path), "--board", "multi"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    with zipfile.ZipFile(tmp_path / "fewclue_multi_submission.zip") as archive:
+        names = sorted(archive.namelist())
+        labels = {name: json.loads(archive.read(name))["label"] for name in names}
+    assert names == [f"eprstmt_predict_{s}.json" for s in ("0", "1", "2", "3", "4", "all")] + [
+        "ocnlif_predict_0.json", "ocnlif_predict_all.json"]
+    assert [labels[f"eprstmt_predict_{s}.json"] for s in ("0", "1", "2", "3", "4", "all")] == [
+        "f0", "f1", "f2", "f3", "f4", "fall"]  # one setting for all six, v1's better split 2 not mixed in
+    assert labels["ocnlif_predict_0.json"] == "o0seed"
+    assert "warning: ocnlif_predict: no prediction for split(s) 1, 2, 3, 4" in done.stdout
+    assert not (tmp_path / "fewclue_submission.zip").exists()
+
+
+def test_single_board_leaves_out_a_task_without_a_split_0_run(tmp_path):
+    _run(tmp_path, "e0", "eprstmt", "0", 0.7)
+    _run(tmp_path, "b1", "bustm", "1", 0.9)
+    _run(tmp_path, "ball", "bustm", "all", 0.9)
+    text = report(tmp_path, make_zip=True)
+    with zipfile.ZipFile(tmp_path / "fewclue_submission.zip") as archive:
+        assert archive.namelist() == ["eprstmt_predict.json"]
+    assert "warning: task bustm has no split-0 run with a prediction file; it is not in the zip" in text
 
 
 def test_zip_refuses_a_prediction_file_that_misses_rows(tmp_path):
