@@ -23,7 +23,14 @@ from pathlib import Path
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.alignment import MENTION_BUCKETS, AlignedSentence, AlignmentRules, Mention, align, mention_bucket
+from datamodules.alignment import (
+    MENTION_BUCKETS,
+    AlignedSentence,
+    AlignmentRules,
+    Mention,
+    align,
+    mention_bucket,
+)
 from datamodules.corpus import CorpusSource, corpus_files, read_corpus
 from datamodules.epoch_shuffle import EpochShuffle, fixed_generator
 from datamodules.fewclue_download import split_files

@@ -3,7 +3,6 @@ copy path between the sentence and its triple. Hand-made sentences with known me
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,12 @@ from datamodules.alignment import AlignmentRules, align, mention_bucket
 from datamodules.kg import KnowledgeGraph
 from datamodules.pretraining import AlignedDataset, PretrainRow
 from lightning_modules.char_vocab import char_tokenizer
-from lightning_modules.masking import IGNORE, choose_positions, joint_units, mention_mask_rates
+from lightning_modules.masking import (
+    IGNORE,
+    choose_positions,
+    joint_units,
+    mention_mask_rates,
+)
 from tests.helpers import stage_module
 from tests.test_kgbert import SENTENCES, TRIPLES, tiny_masked_lm
 
