@@ -81,16 +81,21 @@ def check_config(cfg: DictConfig) -> None:
         check_checkpoint(str(cfg.ckpt_path))
 
 
+NO_ENCODER_HINT = ("point model.pretrained (or ZH_MLM_SMALL) at a Chinese masked LM (a local folder or a hub name), "
+                   "or train a small model from scratch with model=tiny")
+
+
 def check_pretrained(model: DictConfig) -> None:
     if "pretrained" not in model:
         return
     if OmegaConf.is_missing(model, "pretrained") or not model.pretrained:
-        raise ConfigError("model.pretrained is required with model=hf; give a local checkpoint folder or a hub name")
+        raise ConfigError(f"model.pretrained is required with model=hf; {NO_ENCODER_HINT}")
     name = str(model.pretrained)
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         if not (path / "config.json").is_file():
-            raise ConfigError(f"model.pretrained={name}: no Hugging Face checkpoint there (no folder with config.json)")
+            raise ConfigError(f"model.pretrained={name}: no Hugging Face checkpoint there (no folder with config.json); "
+                              f"{NO_ENCODER_HINT}")
         return
     try:
         validate_repo_id(name)
@@ -239,7 +244,25 @@ def run(r: Run, extra_results: dict | None = None) -> dict[str, Any]:
         summary = f"val/acc: {_fmt(val_acc)}  test/acc: {_fmt(test_acc, 'n/a (no labelled test set: test_public.json, data.test)')}"
         log.info("%s -> %s", summary, output_dir / "results.json")
         print(summary)
+        for line in comparisons(cfg, r, results):
+            print(line)
     return results
+
+
+def comparisons(cfg: DictConfig, r: Run, results: dict) -> list[str]:
+    """What val/acc means: the dev set's majority-class share, and the README's measured baseline (``reference``)
+    when this run is of its task, split and encoder with another stage."""
+    labels = [row.label for row in getattr(r.datamodule, "val_rows", []) if row.label is not None]
+    lines = []
+    if labels:
+        majority = max(labels.count(label) for label in set(labels)) / len(labels)
+        lines.append(f"chance (majority class of dev): {majority:.4f}")
+    ref = cfg.get("reference")
+    pretrained = Path(str(results.get("pretrained") or "")).name
+    if ref and (ref.task, str(ref.split), ref.encoder) == (r.task.name, results["split"], pretrained) and (
+            results["stage"] != ref.stage):
+        lines.append(f"{ref.stage} with the same encoder: val/acc {ref.val_acc:.4f} ({ref.source})")
+    return lines
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from tests.helpers import with_test_defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 TASKS = ["eprstmt", "bustm", "ocnli", "csldcp", "tnews", "iflytek", "chid", "csl", "cluewsc"]
@@ -52,7 +54,7 @@ def compose_config(overrides: list[str], output_dir: Path, data_dir: Path | None
                 f"paths.output_dir={output_dir}",
                 f"paths.cache_dir={output_dir.parent / 'cache'}",
                 *( [f"data.data_dir={data_dir}"] if data_dir else [] ),
-                *overrides,
+                *with_test_defaults(overrides),
             ],
             return_hydra_config=True,
         )

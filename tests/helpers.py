@@ -15,11 +15,25 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python train.py <args>`` in a subprocess, as a user types it."""
+# The tests' own defaults: a tiny model from scratch and the fine-tuning stage (fast, no checkpoint needed).
+# train.py's defaults are the users' (the shared encoder and Fuzzy-PET); a test naming model=, stage= or
+# experiment= gets what it names.
+TEST_DEFAULTS = {"model": "model=tiny", "stage": "stage=finetune"}
+
+
+def with_test_defaults(overrides: list[str]) -> list[str]:
+    if any(o.startswith("experiment=") for o in overrides):
+        return list(overrides)
+    named = {o.lstrip("+~").split("=")[0] for o in overrides}
+    return [*overrides, *(value for key, value in TEST_DEFAULTS.items() if key not in named)]
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600,
+            test_defaults: bool = True) -> subprocess.CompletedProcess:
+    """``python train.py <args>`` in a subprocess, as a user types it (plus ``TEST_DEFAULTS`` unless told not to)."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
+        [sys.executable, str(ROOT / "train.py"), *(with_test_defaults(args) if test_defaults else args)],
         cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
     )
 
