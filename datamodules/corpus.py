@@ -156,6 +156,18 @@ def row_texts(task: TaskSpec, row: Row) -> list[str]:
     return [str(row.fields[name]) for name in task.text_fields]
 
 
+def without_evaluated_texts(task: TaskSpec, folder: Path, rows: list[Row]) -> list[Row]:
+    """Unlabeled rows whose texts are not those of a dev or test row of any split (dev_k, dev_few_all, test.json,
+    test_public.json): eprstmt's unlabeled.json repeats dozens of them word for word."""
+    evaluated = {tuple(row_texts(task, row)) for path in sorted(folder.glob("*.json")) if EVAL_SPLIT.match(path.name)
+                 for row in read_rows(task, path, labelled=False, allow_empty=True)}
+    kept = [row for row in rows if tuple(row_texts(task, row)) not in evaluated]
+    if len(kept) < len(rows):
+        log.info("%s/unlabeled.json: %d rows repeat a dev/test text and stay out of the corpus", task.name,
+                 len(rows) - len(kept))
+    return kept
+
+
 def fewclue_texts(source: CorpusSource, cache_dir: str | Path) -> Iterator[tuple[str, str]]:
     """(source name, text) for the training split and unlabeled.json of each FewCLUE task."""
     if source.fewclue_tasks is not None and not source.fewclue_tasks:
@@ -174,6 +186,8 @@ def fewclue_texts(source: CorpusSource, cache_dir: str | Path) -> Iterator[tuple
             files.append((unlabeled, False))
         for path, labelled in files:
             rows = read_rows(task, path, labelled=labelled, allow_empty=not labelled)
+            if not labelled:
+                rows = without_evaluated_texts(task, folder, rows)
             if source.max_lines_per_file is not None:
                 rows = rows[: source.max_lines_per_file]
             for row in rows:

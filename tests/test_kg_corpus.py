@@ -35,3 +35,16 @@ def test_no_gold_idiom_of_any_split_reaches_the_corpus(shared_fewclue, tmp_path)
         # The text before the blank is still there (its last 10 characters).
         lefts = [r.fields["left"].strip()[-10:] for r in rows]
         assert sum(left in corpus for left in lefts) == 42, [x for x in lefts if x not in corpus]
+
+
+def test_no_dev_or_test_text_reaches_the_corpus_through_unlabeled_json(shared_fewclue, tmp_path):
+    eprstmt = load_task_specs(["eprstmt"], None)[0]
+    source = CorpusSource(fewclue_dir=str(shared_fewclue), fewclue_tasks=["eprstmt"], fewclue_train=False)
+    sentences, counts = read_corpus(source, tmp_path)
+    evaluated = {row.fields["sentence"] for path in sorted((shared_fewclue / "eprstmt").glob("*.json"))
+                 if path.name.startswith(("dev", "test")) for row in read_rows(eprstmt, path, labelled=False)}
+    unlabeled = read_rows(eprstmt, shared_fewclue / "eprstmt" / "unlabeled.json", labelled=False)
+    repeated = [row for row in unlabeled if row.fields["sentence"] in evaluated]
+    assert len(repeated) >= 53  # 47 test.json + 6 dev_few_all texts, and dev_k rows of other splits
+    assert counts["fewclue/eprstmt/unlabeled.json"] > 0
+    assert not evaluated & set(sentences)  # before: the 62 rows repeating one were in the corpus
