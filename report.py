@@ -38,10 +38,10 @@ SPLITS = ("0", "1", "2", "3", "4")
 MULTI_SPLITS = (*SPLITS, "all")
 ZIPS = {"single": "fewclue_submission.zip", "multi": "fewclue_multi_submission.zip"}
 # Overrides that identify a run inside a setting (exact keys: ``stage.aggregation`` *is* a setting, only the
-# group choice ``stage`` is not), or only say where things are (prefixes).
+# group choice ``stage`` is not), or only say where things are or go (prefixes; logger.wandb.*: the W&B run).
 NOT_A_SETTING = {"task", "data.split", "seed", "data.data_dir", "keep_checkpoints", "stage", "verbalizer",
                  "trainer.limit_predict_batches", "logger", "ckpt_path"}
-LOCATIONS = ("paths.", "hydra.")
+LOCATIONS = ("paths.", "hydra.", "logger.")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import psutil
 from callbacks.ddp_sweep import RANK_MARKER, DdpSweepJobs
 from tests.helpers import ROOT, run_cli
 
-TINY = ["trainer.max_epochs=1", "trainer.limit_val_batches=1", "trainer.limit_predict_batches=1",
+TINY = ["stage=finetune", "model=tiny", "trainer.max_epochs=1", "trainer.limit_val_batches=1", "trainer.limit_predict_batches=1",
         "keep_checkpoints=false", "callbacks.progress_bar.refresh_rate=0"]
 
 

@@ -120,7 +120,7 @@ def test_report_of_an_empty_directory_is_a_one_line_error(tmp_path):
     assert done.returncode == 1 and done.stderr.strip() == f"error: no results.json under {tmp_path}"
 
 
-TINY = ["stage=fuzzy_pet", "trainer.max_steps=2", "data.batch_size=8", "trainer.limit_val_batches=1",
+TINY = ["stage=fuzzy_pet", "model=tiny", "trainer.max_steps=2", "data.batch_size=8", "trainer.limit_val_batches=1",
         "trainer.limit_predict_batches=1", "keep_checkpoints=false", "callbacks.progress_bar.refresh_rate=0"]
 
 

@@ -90,7 +90,7 @@ def offline_runs(directory: Path) -> list[OfflineRun]:
 
 # -- Fuzzy-PET: every set's own dev accuracy ------------------------------------------------------------
 def test_per_set_accuracy_equals_the_hand_computed_one_on_known_word_scores(make_config):
-    built = build(make_config(["stage=fuzzy_pet", "task=eprstmt"]))
+    built = build(make_config(["stage=fuzzy_pet", "task=eprstmt", "model=tiny"]))
     module = built.module.eval()
     assert module.set_names == ["v1", "v2", "v3"]
     classes, sets = module.word_classes.tolist(), [module.set_names[s] for s in module.word_sets.tolist()]
@@ -113,7 +113,7 @@ def test_per_set_accuracy_equals_the_hand_computed_one_on_known_word_scores(make
 
 
 # -- through the CLI ------------------------------------------------------------------------------------
-TINY = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "trainer.limit_predict_batches=1",
+TINY = ["model=tiny", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "trainer.limit_predict_batches=1",
         "keep_checkpoints=false", "callbacks.progress_bar.refresh_rate=0"]
 
 
