@@ -98,7 +98,10 @@ class DdpSweepJobs(Callback):
             _stop_lightning_observers()  # it would SIGKILL this process (the whole sweep) when they exit non-zero
             for process in ranks:
                 process.terminate()
-        _, alive = psutil.wait_procs(ranks, timeout=5 if failed else self.rank_exit_timeout)
+        gone, alive = psutil.wait_procs(ranks, timeout=5 if failed else self.rank_exit_timeout)
+        for process in gone:
+            if process.returncode and not failed:
+                log.warning("rank process %d exited with code %s after its job completed", process.pid, process.returncode)
         for process in alive:
             log.warning("rank process %d did not exit %s; killing it", process.pid,
                         "after the job failed" if failed else f"within {self.rank_exit_timeout:g} s")
