@@ -19,6 +19,7 @@ def read_jsonl(path) -> list[dict]:
 # train.py's defaults are the users' (the shared encoder and Fuzzy-PET); a test naming model=, stage= or
 # experiment= gets what it names.
 TEST_DEFAULTS = {"model": "model=tiny", "stage": "stage=finetune"}
+RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK")
 
 
 def with_test_defaults(overrides: list[str]) -> list[str]:
@@ -30,8 +31,11 @@ def with_test_defaults(overrides: list[str]) -> list[str]:
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600,
             test_defaults: bool = True) -> subprocess.CompletedProcess:
-    """``python train.py <args>`` in a subprocess, as a user types it (plus ``TEST_DEFAULTS`` unless told not to)."""
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    """``python train.py <args>`` in a subprocess, as a user types it (plus ``TEST_DEFAULTS`` unless told not to).
+    Rank variables that in-process DDP/DeepSpeed tests left in this process's environment are not passed on: a
+    child would try to listen on a MASTER_PORT that the test process's process group still holds."""
+    inherited = {k: v for k, v in os.environ.items() if k not in RANK_ENV}
+    environment = {**inherited, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *(with_test_defaults(args) if test_defaults else args)],
         cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,

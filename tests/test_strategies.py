@@ -251,7 +251,7 @@ def test_torchrun_launch_two_processes_on_cpu(tmp_path, shared_fewclue):
 
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         str(ROOT / "train.py"), "strategy=ddp", "trainer.devices=2", "trainer.max_steps=2",
+         str(ROOT / "train.py"), "strategy=ddp", "trainer.devices=2", "trainer.max_steps=2", "model=tiny", "stage=finetune",
          f"data.data_dir={shared_fewclue}", f"hydra.run.dir={tmp_path}/run"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
         timeout=600, check=False,
