@@ -1,0 +1,264 @@
+"""The methods side by side on FewCLUE dev (issue 10's table), one resumable queue of single runs.
+
+    python scripts/method_table.py run   --out outputs/method_table              # every missing cell, cheapest first
+    python scripts/method_table.py run   --out ... --tasks eprstmt bustm --splits 0 1 --methods finetune fuzzy
+    python scripts/method_table.py plan  --out ...                               # the commands still to run
+    python scripts/method_table.py table --out ... [--write table.md]            # the markdown table from what exists
+
+A cell is one (method, task, split) run in ``<out>/<method>/<task>/<split>``; a cell whose results.json exists is
+skipped, so a stopped queue resumes where it stopped (on these 2-core machines the whole table takes many hours:
+run it in the background, read the table whenever). Methods, all with the shared encoder ($ZH_MLM_SMALL):
+
+- ``finetune``: ``experiment=finetune_zh_mlm_small`` (fewer epochs on the tasks with many training rows);
+- ``pet_<set>``: ``experiment=fuzzy_pet_zh_mlm_small verbalizer=<set>`` for each label-word set of the task;
+- ``fuzzy``: ``experiment=fuzzy_pet_zh_mlm_small`` (every set pooled);
+- ``fuzzy_st``: ``fuzzy`` + ``self_training.rounds=1`` (tasks with unlabeled.json);
+- ``distill``: ``stage=distill`` with the cell's ``fuzzy`` and ``pet_*`` runs as teachers (tasks with unlabeled.json).
+
+Each run's wall time is written beside its results.json (``wall_s.json``). The table gives dev accuracy, mean ± sample
+std over the splits present, per task and method; PET best/worst = the set with the best/worst mean over the splits
+(chosen on dev, as a user sweeping sets would); the FewCLUE score is the mean over tasks, given only when every task
+has the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# Cheapest first (rows x classes x label-word lengths on 2 CPU cores).
+TASKS = ("eprstmt", "bustm", "ocnli", "csl", "cluewsc", "chid", "tnews", "iflytek", "csldcp")
+SPLITS = ("0", "1", "2", "3", "4")
+WITH_UNLABELED = ("eprstmt", "bustm", "cluewsc", "chid", "tnews")
+# Fine-tuning epochs: the experiment's 20 on the 32-row tasks, fewer where a split has hundreds of rows.
+FINETUNE_EPOCHS = {"chid": 10, "tnews": 10, "iflytek": 5, "csldcp": 5}
+# Every run: no checkpoints kept, one prediction batch (the table reads dev accuracy), CSV logs only.
+COMMON = ("keep_checkpoints=false", "trainer.limit_predict_batches=1", "logger=csv")
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    task: str
+    split: str
+
+    def run_dir(self, out: Path) -> Path:
+        return out / self.method / self.task / self.split
+
+    def done(self, out: Path) -> bool:
+        return (self.run_dir(out) / "results.json").is_file()
+
+
+def label_word_sets(task: str) -> list[str]:
+    """The task's label-word set names (pattern 0); chid scores its candidates and has none."""
+    spec = yaml.safe_load((ROOT / "conf" / "task" / f"{task}.yaml").read_text(encoding="utf-8"))
+    return list(spec.get("verbalizers") or {})
+
+
+def methods_of(task: str) -> list[str]:
+    methods = ["finetune", "fuzzy", *(f"pet_{name}" for name in label_word_sets(task))]
+    if task in WITH_UNLABELED:
+        methods += ["fuzzy_st", "distill"]
+    return methods
+
+
+def phase(cell: Cell) -> int:
+    """Queue order: fine-tuning and Fuzzy-PET on every task's split 0, then on the other splits of the 32-row tasks,
+    then PET's single sets, then self-training and distillation, then the large tasks' other splits."""
+    large_later = cell.task in ("tnews", "iflytek", "csldcp") and cell.split != "0"
+    base = {"finetune": 0, "fuzzy": 0, "fuzzy_st": 2, "distill": 2}.get(cell.method, 1)
+    if base == 0 and cell.split != "0":
+        base = 1
+    return base + (3 if large_later else 0)
+
+
+def plan(tasks, splits, methods) -> list[Cell]:
+    cells = [Cell(m, t, s) for t in tasks for s in splits for m in methods_of(t) if not methods or _wanted(m, methods)]
+    return sorted(cells, key=lambda c: (phase(c), int(c.split) if c.split.isdigit() else 9, TASKS.index(c.task)))
+
+
+def _wanted(method: str, methods: list[str]) -> bool:
+    return method in methods or (method.startswith("pet_") and "pet" in methods)
+
+
+def overrides(cell: Cell, out: Path) -> list[str]:
+    task = [f"task={cell.task}", f"data.split={cell.split}"]
+    if cell.method == "finetune":
+        epochs = FINETUNE_EPOCHS.get(cell.task)
+        return ["experiment=finetune_zh_mlm_small", *task, *([f"trainer.max_epochs={epochs}"] if epochs else [])]
+    if cell.method == "distill":
+        teachers = [Cell(m, cell.task, cell.split).run_dir(out) for m in methods_of(cell.task)
+                    if m == "fuzzy" or m.startswith("pet_")]
+        encoder = os.environ.get("ZH_MLM_SMALL", str(ROOT.parent / "shared" / "encoders" / "zh-mlm-small"))
+        return ["stage=distill", "model=hf", f"model.pretrained={encoder}", *task,
+                f"distill.teachers=[{','.join(str(t) for t in teachers)}]"]
+    extra = {"fuzzy": [], "fuzzy_st": ["self_training.rounds=1"]}.get(cell.method)
+    if extra is None:  # pet_<set>
+        extra = [f"verbalizer={cell.method.removeprefix('pet_')}"]
+    return ["experiment=fuzzy_pet_zh_mlm_small", *task, *extra]
+
+
+def ready(cell: Cell, out: Path) -> bool:
+    """A distillation cell waits for its teachers."""
+    if cell.method != "distill":
+        return True
+    return all(Cell(m, cell.task, cell.split).done(out) for m in methods_of(cell.task) if m == "fuzzy" or m.startswith("pet_"))
+
+
+def command(cell: Cell, out: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *overrides(cell, out), *COMMON,
+            f"hydra.run.dir={cell.run_dir(out)}"]
+
+
+def run_queue(cells: list[Cell], out: Path) -> int:
+    todo = [c for c in cells if not c.done(out)]
+    print(f"{len(cells) - len(todo)} of {len(cells)} cells done; {len(todo)} to run", flush=True)
+    failed = 0
+    for i, cell in enumerate(todo, 1):
+        if not ready(cell, out):
+            print(f"[{i}/{len(todo)}] {cell}: teachers missing, skipped", flush=True)
+            continue
+        run_dir = cell.run_dir(out)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        with open(run_dir / "train.log", "w", encoding="utf-8") as log:
+            code = subprocess.call(command(cell, out), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        wall = time.monotonic() - start
+        if code == 0 and cell.done(out):
+            (run_dir / "wall_s.json").write_text(json.dumps({"wall_s": round(wall, 1)}) + "\n", encoding="utf-8")
+        else:
+            failed += 1
+        print(f"[{i}/{len(todo)}] {cell.method} {cell.task} split {cell.split}: exit {code}, {wall:.0f} s "
+              f"({run_dir / 'train.log'})", flush=True)
+    return 1 if failed else 0
+
+
+# -- the table ---------------------------------------------------------------------------------------------------
+def collect(out: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """(method, task) -> {split: dev accuracy}."""
+    found: dict[tuple[str, str], dict[str, float]] = {}
+    for path in sorted(out.glob("*/*/*/results.json")):
+        method, task, split = path.parts[-4:-1]
+        acc = json.loads(path.read_text(encoding="utf-8")).get("val/acc")
+        if acc is not None:
+            found.setdefault((method, task), {})[split] = 100 * acc
+    return found
+
+
+def walls(out: Path) -> dict[tuple[str, str], float]:
+    """(method, task) -> median wall seconds of its runs."""
+    seconds: dict[tuple[str, str], list[float]] = {}
+    for path in out.glob("*/*/*/wall_s.json"):
+        method, task = path.parts[-4:-2]
+        seconds.setdefault((method, task), []).append(json.loads(path.read_text(encoding="utf-8"))["wall_s"])
+    return {key: statistics.median(values) for key, values in seconds.items()}
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f} (n=1)"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} (n={len(values)})"
+
+
+def pet_extremes(found, task: str) -> tuple[str | None, str | None]:
+    """The task's PET sets with the best and the worst mean dev accuracy (over the splits each has)."""
+    means = {m: statistics.mean(v.values()) for (m, t), v in found.items() if t == task and m.startswith("pet_")}
+    if not means:
+        return None, None
+    return max(means, key=means.get), min(means, key=means.get)
+
+
+COLUMNS = ("finetune", "pet_best", "pet_worst", "fuzzy", "fuzzy_st", "distill")
+TITLES = {"finetune": "fine-tuning", "pet_best": "PET best set", "pet_worst": "PET worst set", "fuzzy": "Fuzzy-PET",
+          "fuzzy_st": "Fuzzy-PET + self-training", "distill": "distilled ensemble"}
+
+
+def table(out: Path) -> str:
+    found, seconds = collect(out), walls(out)
+    tasks = [t for t in TASKS if any(task == t for _, task in found)]
+    lines = ["Dev accuracy (%), mean ± sample std over the splits run (n), shared encoder zh-mlm-small.", "",
+             "| task | " + " | ".join(TITLES[c] for c in COLUMNS) + " | PET spread (best − worst) | wall s per run (ft / fuzzy) |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
+    task_means: dict[str, dict[str, float]] = {c: {} for c in COLUMNS}
+    for task in tasks:
+        best, worst = pet_extremes(found, task)
+        chosen = {"pet_best": best, "pet_worst": worst}
+        cells, spread = [], "–"
+        for column in COLUMNS:
+            values = list(found.get((chosen.get(column, column), task), {}).values())
+            if values:
+                task_means[column][task] = statistics.mean(values)
+            label = summary(values)
+            if column in chosen and chosen[column]:
+                label += f" {chosen[column].removeprefix('pet_')}"
+            cells.append(label)
+        if best and worst:
+            spread = f"{task_means['pet_best'][task] - task_means['pet_worst'][task]:.1f}"
+        wall = " / ".join(f"{seconds[(m, task)]:.0f}" if (m, task) in seconds else "–" for m in ("finetune", "fuzzy"))
+        lines.append(f"| {task} | " + " | ".join(cells) + f" | {spread} | {wall} |")
+    score = []
+    for column in COLUMNS:
+        have = task_means[column]
+        score.append(f"{statistics.mean(have.values()):.1f}" if have and len(have) == len(TASKS) else
+                     f"({len(have)} of {len(TASKS)} tasks)")
+    lines.append("| **FewCLUE score** | " + " | ".join(score) + " | | |")
+    lines += ["", *claims(task_means)]
+    return "\n".join(lines) + "\n"
+
+
+def claims(task_means: dict[str, dict[str, float]]) -> list[str]:
+    """The two claims the table is there to check, on the tasks where both sides exist."""
+    fuzzy, best, worst, finetune = (task_means[c] for c in ("fuzzy", "pet_best", "pet_worst", "finetune"))
+    both = [t for t in fuzzy if t in best]
+    at_least = [t for t in both if fuzzy[t] >= best[t]]
+    lines = [f"- Fuzzy-PET ≥ the best single set on {len(at_least)} of {len(both)} tasks ({', '.join(at_least) or 'none'})."]
+    if both:
+        gap = statistics.mean(fuzzy[t] - worst[t] for t in both)
+        lines.append(f"- Fuzzy-PET minus the worst set: {gap:+.1f} points on average (the risk a single set carries).")
+    common = [t for t in fuzzy if t in finetune]
+    if common:
+        diff = statistics.mean(fuzzy[t] - finetune[t] for t in common)
+        lines.append(f"- Fuzzy-PET minus fine-tuning, mean over {len(common)} tasks: {diff:+.1f} points.")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=("run", "plan", "table"))
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "method_table")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS))
+    parser.add_argument("--methods", nargs="+", default=[],
+                        help="finetune fuzzy pet (every set) pet_<set> fuzzy_st distill; default: all")
+    parser.add_argument("--write", type=Path, help="table: also write the markdown here")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    if args.action == "table":
+        text = table(out)
+        print(text)
+        if args.write:
+            args.write.write_text(text, encoding="utf-8")
+        return 0
+    cells = plan(args.tasks, args.splits, args.methods)
+    if args.action == "plan":
+        for cell in cells:
+            if not cell.done(out):
+                print(" ".join(command(cell, out)[1:]))
+        return 0
+    return run_queue(cells, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""scripts/method_table.py: the queue of cells (order, resume, distillation's teachers) and the table's numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("method_table", ROOT / "scripts" / "method_table.py")
+method_table = importlib.util.module_from_spec(spec)
+sys.modules["method_table"] = method_table  # dataclasses look their module up
+spec.loader.exec_module(method_table)
+Cell = method_table.Cell
+
+
+def write_result(out: Path, method: str, task: str, split: str, acc: float, wall: float | None = None) -> None:
+    run = out / method / task / split
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"val/acc": acc, "task": task}))
+    if wall is not None:
+        (run / "wall_s.json").write_text(json.dumps({"wall_s": wall}))
+
+
+def test_methods_follow_the_task_files():
+    assert method_table.methods_of("eprstmt") == ["finetune", "fuzzy", "pet_v1", "pet_v2", "pet_v3", "fuzzy_st", "distill"]
+    # chid scores its candidates (no label-word sets); csldcp has no unlabeled.json
+    assert method_table.methods_of("chid") == ["finetune", "fuzzy", "fuzzy_st", "distill"]
+    assert "fuzzy_st" not in method_table.methods_of("csldcp")
+
+
+def test_queue_order_puts_the_main_comparison_first():
+    cells = method_table.plan(["eprstmt", "tnews"], ["0", "1"], [])
+    first = [(c.method, c.task, c.split) for c in cells[:4]]
+    assert first == [("finetune", "eprstmt", "0"), ("fuzzy", "eprstmt", "0"), ("finetune", "tnews", "0"), ("fuzzy", "tnews", "0")]
+    # a large task's other splits come last
+    assert all(c.task == "tnews" and c.split == "1" for c in cells[-7:])
+    assert len(cells) == 2 * 2 * 7
+
+
+def test_methods_filter_and_resume(tmp_path):
+    cells = method_table.plan(["bustm"], ["0"], ["pet", "distill"])
+    assert [c.method for c in cells] == ["pet_v1", "pet_v2", "pet_v3", "distill"]
+    distill = cells[-1]
+    assert not method_table.ready(distill, tmp_path)  # teachers missing
+    for method in ("fuzzy", "pet_v1", "pet_v2", "pet_v3"):
+        write_result(tmp_path, method, "bustm", "0", 0.5)
+    assert method_table.ready(distill, tmp_path)
+    teachers = next(o for o in method_table.overrides(distill, tmp_path) if o.startswith("distill.teachers="))
+    assert teachers == "distill.teachers=[" + ",".join(str(tmp_path / m / "bustm" / "0") for m in ("fuzzy", "pet_v1", "pet_v2", "pet_v3")) + "]"
+    assert Cell("pet_v1", "bustm", "0").done(tmp_path) and not distill.done(tmp_path)
+
+
+def test_commands_name_the_run_dir_and_settings(tmp_path):
+    command = method_table.command(Cell("finetune", "csldcp", "3"), tmp_path)
+    assert command[2:] == ["experiment=finetune_zh_mlm_small", "task=csldcp", "data.split=3", "trainer.max_epochs=5",
+                           *method_table.COMMON, f"hydra.run.dir={tmp_path / 'finetune' / 'csldcp' / '3'}"]
+    assert "self_training.rounds=1" in method_table.command(Cell("fuzzy_st", "tnews", "0"), tmp_path)
+    assert "verbalizer=v2" in method_table.command(Cell("pet_v2", "ocnli", "0"), tmp_path)
+
+
+def test_table_numbers(tmp_path):
+    # eprstmt: fine-tuning 0.5 / 0.7 -> 60.0 ± 14.1; sets v1 mean 65, v2 mean 55 -> best v1, worst v2, spread 10.0
+    write_result(tmp_path, "finetune", "eprstmt", "0", 0.5, wall=100)
+    write_result(tmp_path, "finetune", "eprstmt", "1", 0.7, wall=140)
+    write_result(tmp_path, "pet_v1", "eprstmt", "0", 0.6)
+    write_result(tmp_path, "pet_v1", "eprstmt", "1", 0.7)
+    write_result(tmp_path, "pet_v2", "eprstmt", "0", 0.55)
+    write_result(tmp_path, "fuzzy", "eprstmt", "0", 0.75, wall=60)
+    text = method_table.table(tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| eprstmt |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "60.0 ± 14.1 (n=2)"
+    assert cells[2] == "65.0 ± 7.1 (n=2) v1"
+    assert cells[3] == "55.0 (n=1) v2"
+    assert cells[4] == "75.0 (n=1)"
+    assert cells[5] == "–"
+    assert cells[7] == "10.0"
+    assert cells[8] == "120 / 60"  # median wall seconds
+    assert "(1 of 9 tasks)" in text  # no FewCLUE score before every task has the method
+    assert "≥ the best single set on 1 of 1 tasks (eprstmt)" in text
+    assert "Fuzzy-PET minus fine-tuning, mean over 1 tasks: +15.0 points" in text
+
+
+def test_fewclue_score_needs_every_task(tmp_path):
+    for i, task in enumerate(method_table.TASKS):
+        write_result(tmp_path, "fuzzy", task, "0", i / 10)
+    score_row = next(line for line in method_table.table(tmp_path).splitlines() if "FewCLUE score" in line)
+    assert [c.strip() for c in score_row.strip("|").split("|")][4] == f"{100 * sum(range(9)) / 10 / 9:.1f}"
+
+
+@pytest.mark.parametrize("argv", [["plan", "--tasks", "nope"]])
+def test_unknown_task_is_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        method_table.main(argv)
+    assert exit_info.value.code == 2
+    assert "nope" in capsys.readouterr().err
