@@ -13,7 +13,9 @@ run it in the background, read the table whenever). Methods, all with the shared
 - ``pet_<set>``: ``experiment=fuzzy_pet_zh_mlm_small verbalizer=<set>`` for each label-word set of the task;
 - ``fuzzy``: ``experiment=fuzzy_pet_zh_mlm_small`` (every set pooled);
 - ``fuzzy_st``: ``fuzzy`` + ``self_training.rounds=1`` (tasks with unlabeled.json);
-- ``distill``: ``stage=distill`` with the cell's ``fuzzy`` and ``pet_*`` runs as teachers (tasks with unlabeled.json).
+- ``distill``: ``stage=distill`` with the cell's ``fuzzy`` and ``pet_*`` runs as teachers (tasks with unlabeled.json);
+- ``fuzzy_mean``, ``fuzzy_cal``, ``fuzzy_cal_sets``: ``fuzzy`` with ``stage.word_score=mean``, ``calibrated``, and
+  ``calibrated`` + ``stage.pooling=sets`` (the scoring options whose defaults issue 10 chooses on dev; second table).
 
 Each run's wall time is written beside its results.json (``wall_s.json``). The table gives dev accuracy, mean ± sample
 std over the splits present, per task and method; PET best/worst = the set with the best/worst mean over the splits
@@ -65,21 +67,30 @@ def label_word_sets(task: str) -> list[str]:
     return list(spec.get("verbalizers") or {})
 
 
+# Fuzzy-PET with other word scores / pooling (stage.word_score, stage.pooling); fuzzy is sum/words.
+SCORING = {
+    "fuzzy_mean": ["stage.word_score=mean"],
+    "fuzzy_cal": ["stage.word_score=calibrated"],
+    "fuzzy_cal_sets": ["stage.word_score=calibrated", "stage.pooling=sets"],
+}
+
+
 def methods_of(task: str) -> list[str]:
-    methods = ["finetune", "fuzzy", *(f"pet_{name}" for name in label_word_sets(task))]
+    methods = ["finetune", "fuzzy", *SCORING, *(f"pet_{name}" for name in label_word_sets(task))]
     if task in WITH_UNLABELED:
         methods += ["fuzzy_st", "distill"]
     return methods
 
 
 def phase(cell: Cell) -> int:
-    """Queue order: fine-tuning and Fuzzy-PET on every task's split 0, then on the other splits of the 32-row tasks,
-    then PET's single sets, then self-training and distillation, then the large tasks' other splits."""
+    """Queue order: fine-tuning and Fuzzy-PET on every task's split 0, then on the other splits of the smaller tasks,
+    then the scoring options, PET's single sets, self-training and distillation, then the large tasks' other splits."""
     large_later = cell.task in ("tnews", "iflytek", "csldcp") and cell.split != "0"
-    base = {"finetune": 0, "fuzzy": 0, "fuzzy_st": 2, "distill": 2}.get(cell.method, 1)
-    if base == 0 and cell.split != "0":
-        base = 1
-    return base + (3 if large_later else 0)
+    if cell.method in ("finetune", "fuzzy"):
+        base = 0 if cell.split == "0" else 1
+    else:
+        base = {"fuzzy_st": 4, "distill": 4}.get(cell.method, 2 if cell.method in SCORING else 3)
+    return base + (5 if large_later else 0)
 
 
 def plan(tasks, splits, methods) -> list[Cell]:
@@ -102,7 +113,7 @@ def overrides(cell: Cell, out: Path) -> list[str]:
         encoder = os.environ.get("ZH_MLM_SMALL", str(ROOT.parent / "shared" / "encoders" / "zh-mlm-small"))
         return ["stage=distill", "model=hf", f"model.pretrained={encoder}", *task,
                 f"distill.teachers=[{','.join(str(t) for t in teachers)}]"]
-    extra = {"fuzzy": [], "fuzzy_st": ["self_training.rounds=1"]}.get(cell.method)
+    extra = {"fuzzy": [], "fuzzy_st": ["self_training.rounds=1"], **SCORING}.get(cell.method)
     if extra is None:  # pet_<set>
         extra = [f"verbalizer={cell.method.removeprefix('pet_')}"]
     return ["experiment=fuzzy_pet_zh_mlm_small", *task, *extra]
@@ -214,8 +225,30 @@ def table(out: Path) -> str:
         score.append(f"{statistics.mean(have.values()):.1f}" if have and len(have) == len(TASKS) else
                      f"({len(have)} of {len(TASKS)} tasks)")
     lines.append("| **FewCLUE score** | " + " | ".join(score) + " | | |")
-    lines += ["", *claims(task_means)]
+    lines += ["", *claims(task_means), "", *scoring_table(found, tasks)]
     return "\n".join(lines) + "\n"
+
+
+def scoring_table(found, tasks: list[str]) -> list[str]:
+    """Fuzzy-PET's word-score x pooling options side by side (mean over the splits all of them have, so that a row
+    compares the same splits), and the mean over the tasks that have every option."""
+    options = ["fuzzy", *SCORING]
+    lines = ["Fuzzy-PET scoring options (dev %, mean over the splits every option has; sum/words is the default):", "",
+             "| task | splits | sum/words | mean/words | calibrated/words | calibrated/sets |", "|---|---|---|---|---|---|"]
+    per_option: dict[str, list[float]] = {o: [] for o in options}
+    for task in tasks:
+        runs = [found.get((option, task), {}) for option in options]
+        splits = sorted(set.intersection(*(set(r) for r in runs)))
+        if not splits:
+            continue
+        means = [statistics.mean(r[s] for s in splits) for r in runs]
+        for option, mean in zip(options, means):
+            per_option[option].append(mean)
+        lines.append(f"| {task} | {','.join(splits)} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+    if per_option["fuzzy"]:
+        count = len(per_option["fuzzy"])
+        lines.append(f"| mean ({count} tasks) | | " + " | ".join(f"{statistics.mean(v):.1f}" for v in per_option.values()) + " |")
+    return lines
 
 
 def claims(task_means: dict[str, dict[str, float]]) -> list[str]:

@@ -26,9 +26,10 @@ def write_result(out: Path, method: str, task: str, split: str, acc: float, wall
 
 
 def test_methods_follow_the_task_files():
-    assert method_table.methods_of("eprstmt") == ["finetune", "fuzzy", "pet_v1", "pet_v2", "pet_v3", "fuzzy_st", "distill"]
+    scoring = ["fuzzy_mean", "fuzzy_cal", "fuzzy_cal_sets"]
+    assert method_table.methods_of("eprstmt") == ["finetune", "fuzzy", *scoring, "pet_v1", "pet_v2", "pet_v3", "fuzzy_st", "distill"]
     # chid scores its candidates (no label-word sets); csldcp has no unlabeled.json
-    assert method_table.methods_of("chid") == ["finetune", "fuzzy", "fuzzy_st", "distill"]
+    assert method_table.methods_of("chid") == ["finetune", "fuzzy", *scoring, "fuzzy_st", "distill"]
     assert "fuzzy_st" not in method_table.methods_of("csldcp")
 
 
@@ -37,8 +38,8 @@ def test_queue_order_puts_the_main_comparison_first():
     first = [(c.method, c.task, c.split) for c in cells[:4]]
     assert first == [("finetune", "eprstmt", "0"), ("fuzzy", "eprstmt", "0"), ("finetune", "tnews", "0"), ("fuzzy", "tnews", "0")]
     # a large task's other splits come last
-    assert all(c.task == "tnews" and c.split == "1" for c in cells[-7:])
-    assert len(cells) == 2 * 2 * 7
+    assert all(c.task == "tnews" and c.split == "1" for c in cells[-10:])
+    assert len(cells) == 2 * 2 * 10
 
 
 def test_methods_filter_and_resume(tmp_path):
@@ -60,6 +61,9 @@ def test_commands_name_the_run_dir_and_settings(tmp_path):
                            *method_table.COMMON, f"hydra.run.dir={tmp_path / 'finetune' / 'csldcp' / '3'}"]
     assert "self_training.rounds=1" in method_table.command(Cell("fuzzy_st", "tnews", "0"), tmp_path)
     assert "verbalizer=v2" in method_table.command(Cell("pet_v2", "ocnli", "0"), tmp_path)
+    sets = method_table.command(Cell("fuzzy_cal_sets", "csl", "0"), tmp_path)
+    assert sets[2:7] == ["experiment=fuzzy_pet_zh_mlm_small", "task=csl", "data.split=0", "stage.word_score=calibrated",
+                         "stage.pooling=sets"]
 
 
 def test_table_numbers(tmp_path):
@@ -90,6 +94,16 @@ def test_fewclue_score_needs_every_task(tmp_path):
         write_result(tmp_path, "fuzzy", task, "0", i / 10)
     score_row = next(line for line in method_table.table(tmp_path).splitlines() if "FewCLUE score" in line)
     assert [c.strip() for c in score_row.strip("|").split("|")][4] == f"{100 * sum(range(9)) / 10 / 9:.1f}"
+
+
+def test_scoring_table_compares_the_same_splits(tmp_path):
+    # calibrated lacks split 1, so every option is averaged over split 0 only
+    for method, accs in {"fuzzy": (0.5, 0.9), "fuzzy_mean": (0.6, 0.9), "fuzzy_cal": (0.7,), "fuzzy_cal_sets": (0.8, 0.1)}.items():
+        for split, acc in enumerate(accs):
+            write_result(tmp_path, method, "ocnli", str(split), acc)
+    lines = method_table.scoring_table(method_table.collect(tmp_path), ["ocnli"])
+    assert "| ocnli | 0 | 50.0 | 60.0 | 70.0 | 80.0 |" in lines
+    assert lines[-1] == "| mean (1 tasks) | | 50.0 | 60.0 | 70.0 | 80.0 |"
 
 
 @pytest.mark.parametrize("argv", [["plan", "--tasks", "nope"]])
