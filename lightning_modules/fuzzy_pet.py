@@ -6,6 +6,8 @@ forward pass per distinct word length, batched over rows). ``verbalizer=fuzzy`` 
 a class's probability is the sum of its words' probabilities. Training takes the mean over sets
 of each set's cross-entropy, so the model learns every word of a class. chid scores its 7
 candidate idioms at the idiom slot (4 masks); cluewsc fills its pattern with span1/span2.
+``stage.slots=longest`` trades that exactness for speed: one pass with as many [MASK] tokens as the
+longest word, a word of n characters scored at the first n of them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ from lightning_modules.verbalizer import (
 
 log = logging.getLogger(__name__)
 
+# exact: one forward pass per distinct word length, each word on exactly its number of [MASK] slots;
+# longest: one pass with the longest word's number of slots, a shorter word scored at the first of them.
+SLOTS = ("exact", "longest")
+
 
 class FuzzyPetModule(StageModule):
     loss_names = ("cloze", "mlm")
@@ -61,6 +67,7 @@ class FuzzyPetModule(StageModule):
         mlm_max_length: int,
         mask_prob: float,
         debug: bool,
+        slots: str = "exact",
     ) -> None:
         if not 0.0 <= mlm_weight < 1.0:
             raise ConfigError(f"stage.mlm_weight={mlm_weight}; allowed: 0 <= mlm_weight < 1")
@@ -74,6 +81,8 @@ class FuzzyPetModule(StageModule):
             raise ConfigError(f"stage.word_score={word_score!r}; allowed: {list(WORD_SCORES)}")
         if pooling not in POOLINGS:
             raise ConfigError(f"stage.pooling={pooling!r}; allowed: {list(POOLINGS)}")
+        if slots not in SLOTS:
+            raise ConfigError(f"stage.slots={slots!r}; allowed: {list(SLOTS)}")
         if not task.patterns:
             raise ConfigError(f"task {task.name!r}: task.patterns is empty; give at least one pattern with {{mask}}")
         if not 0 <= pattern < len(task.patterns):
@@ -83,6 +92,7 @@ class FuzzyPetModule(StageModule):
         self.aggregation = aggregation
         self.word_score = word_score
         self.pooling = pooling
+        self.slots = slots
         self._prior: torch.Tensor | None = None  # content-free word scores, cached between weight updates
         self.max_length = max_length
         self.mlm_weight = mlm_weight
@@ -96,7 +106,7 @@ class FuzzyPetModule(StageModule):
         self.multiple_choice = task.kind == "multiple_choice"
         self.set_names: list[str] = []
         self.results.update(verbalizer=self.verbalizer_name, verbalizer_sets=None, aggregation=aggregation,
-                            word_score=word_score, pooling=pooling, pattern=self.pattern_encoder.template)
+                            word_score=word_score, pooling=pooling, slots=slots, pattern=self.pattern_encoder.template)
         if self.multiple_choice:
             self.words = None
             self.lengths: list[int] = []
@@ -138,8 +148,13 @@ class FuzzyPetModule(StageModule):
             batch["candidate_ids"] = candidates
             batch["patterns"] = self.pattern_encoder.encode([row.fields for row in rows], [candidates.shape[-1]])
         else:
-            batch["patterns"] = self.pattern_encoder.encode([row.fields for row in rows], self.lengths)
+            batch["patterns"] = self.pattern_encoder.encode([row.fields for row in rows], self.encoded_lengths)
         return batch
+
+    @property
+    def encoded_lengths(self) -> list[int]:
+        """The numbers of [MASK] slots a row is encoded with (one input per entry)."""
+        return self.lengths if self.slots == "exact" else self.lengths[-1:]
 
     # -- scores ----------------------------------------------------------------------------------
     def joint_scores(self, batch: dict) -> torch.Tensor:
@@ -147,7 +162,15 @@ class FuzzyPetModule(StageModule):
         if self.multiple_choice:
             (inputs,) = batch["patterns"].values()
             return self._score(self(**inputs), batch["candidate_ids"])
-        parts = [self._score(self(**batch["patterns"][n]), self.group_ids[n]) for n in self.lengths]
+        return self._scores_by_length(batch["patterns"])
+
+    def _scores_by_length(self, patterns: dict[int, dict]) -> torch.Tensor:
+        """[B, W]: every length group's words scored on its own input (exact) or on the first n slots of one (longest)."""
+        if self.slots == "longest":
+            slot_logits = self(**patterns[self.lengths[-1]])
+            parts = [self._score(slot_logits[:, :n], self.group_ids[n]) for n in self.lengths]
+        else:
+            parts = [self._score(self(**patterns[n]), self.group_ids[n]) for n in self.lengths]
         return torch.cat(parts, dim=-1)
 
     def _score(self, slot_logits: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
@@ -178,8 +201,8 @@ class FuzzyPetModule(StageModule):
             (inputs,) = self.pattern_encoder.encode([empty] * len(candidates), [candidates.shape[-1]]).values()
             return self._score(self(**self._on_device(inputs)), candidates)
         if self._prior is None or self.training:
-            patterns = self.pattern_encoder.encode([empty], self.lengths)
-            prior = torch.cat([self._score(self(**self._on_device(patterns[n])), self.group_ids[n]) for n in self.lengths], -1)[0]
+            patterns = self.pattern_encoder.encode([empty], self.encoded_lengths)
+            prior = self._scores_by_length({n: self._on_device(inputs) for n, inputs in patterns.items()})[0]
             if self.training:
                 return prior
             self._prior = prior

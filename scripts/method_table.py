@@ -15,7 +15,9 @@ run it in the background, read the table whenever). Methods, all with the shared
 - ``fuzzy_st``: ``fuzzy`` + ``self_training.rounds=1`` (tasks with unlabeled.json);
 - ``distill``: ``stage=distill`` with the cell's ``fuzzy`` and ``pet_*`` runs as teachers (tasks with unlabeled.json);
 - ``fuzzy_mean``, ``fuzzy_cal``, ``fuzzy_cal_sets``: ``fuzzy`` with ``stage.word_score=mean``, ``calibrated``, and
-  ``calibrated`` + ``stage.pooling=sets`` (the scoring options whose defaults issue 10 chooses on dev; second table).
+  ``calibrated`` + ``stage.pooling=sets`` (the scoring options whose defaults issue 10 chooses on dev; second table);
+- ``fuzzy_longest``: ``fuzzy`` with ``stage.slots=longest`` (one forward pass instead of one per word length; tasks
+  whose label words have several lengths only).
 
 Each run's wall time is written beside its results.json (``wall_s.json``). The table gives dev accuracy, mean ± sample
 std over the splits present, per task and method; PET best/worst = the set with the best/worst mean over the splits
@@ -63,8 +65,7 @@ class Cell:
 
 def label_word_sets(task: str) -> list[str]:
     """The task's label-word set names (pattern 0); chid scores its candidates and has none."""
-    spec = yaml.safe_load((ROOT / "conf" / "task" / f"{task}.yaml").read_text(encoding="utf-8"))
-    return list(spec.get("verbalizers") or {})
+    return list(task_file(task).get("verbalizers") or {})
 
 
 # Fuzzy-PET with other word scores / pooling (stage.word_score, stage.pooling); fuzzy is sum/words.
@@ -75,8 +76,21 @@ SCORING = {
 }
 
 
+def task_file(task: str) -> dict:
+    return yaml.safe_load((ROOT / "conf" / "task" / f"{task}.yaml").read_text(encoding="utf-8"))
+
+
+def word_lengths(task: str) -> set[int]:
+    """The characters per label word over the task's sets (pattern 0)."""
+    sets = task_file(task).get("verbalizers") or {}
+    return {len(word) for words in sets.values() for options in words.values()
+            for word in (options if isinstance(options, list) else [options])}
+
+
 def methods_of(task: str) -> list[str]:
     methods = ["finetune", "fuzzy", *SCORING, *(f"pet_{name}" for name in label_word_sets(task))]
+    if len(word_lengths(task)) > 1:
+        methods.append("fuzzy_longest")
     if task in WITH_UNLABELED:
         methods += ["fuzzy_st", "distill"]
     return methods
@@ -89,7 +103,7 @@ def phase(cell: Cell) -> int:
     if cell.method in ("finetune", "fuzzy"):
         base = 0 if cell.split == "0" else 1
     else:
-        base = {"fuzzy_st": 4, "distill": 4}.get(cell.method, 2 if cell.method in SCORING else 3)
+        base = {"fuzzy_st": 4, "distill": 4}.get(cell.method, 2 if cell.method in (*SCORING, "fuzzy_longest") else 3)
     return base + (5 if large_later else 0)
 
 
@@ -113,7 +127,8 @@ def overrides(cell: Cell, out: Path) -> list[str]:
         encoder = os.environ.get("ZH_MLM_SMALL", str(ROOT.parent / "shared" / "encoders" / "zh-mlm-small"))
         return ["stage=distill", "model=hf", f"model.pretrained={encoder}", *task,
                 f"distill.teachers=[{','.join(str(t) for t in teachers)}]"]
-    extra = {"fuzzy": [], "fuzzy_st": ["self_training.rounds=1"], **SCORING}.get(cell.method)
+    extra = {"fuzzy": [], "fuzzy_st": ["self_training.rounds=1"], "fuzzy_longest": ["stage.slots=longest"],
+             **SCORING}.get(cell.method)
     if extra is None:  # pet_<set>
         extra = [f"verbalizer={cell.method.removeprefix('pet_')}"]
     return ["experiment=fuzzy_pet_zh_mlm_small", *task, *extra]
@@ -225,7 +240,7 @@ def table(out: Path) -> str:
         score.append(f"{statistics.mean(have.values()):.1f}" if have and len(have) == len(TASKS) else
                      f"({len(have)} of {len(TASKS)} tasks)")
     lines.append("| **FewCLUE score** | " + " | ".join(score) + " | | |")
-    lines += ["", *claims(task_means), "", *scoring_table(found, tasks)]
+    lines += ["", *claims(task_means), "", *scoring_table(found, tasks), "", *slots_table(found, seconds, tasks)]
     return "\n".join(lines) + "\n"
 
 
@@ -248,6 +263,21 @@ def scoring_table(found, tasks: list[str]) -> list[str]:
     if per_option["fuzzy"]:
         count = len(per_option["fuzzy"])
         lines.append(f"| mean ({count} tasks) | | " + " | ".join(f"{statistics.mean(v):.1f}" for v in per_option.values()) + " |")
+    return lines
+
+
+def slots_table(found, seconds, tasks: list[str]) -> list[str]:
+    """stage.slots=exact (one pass per word length) vs longest (one pass): dev accuracy on the same splits, wall time."""
+    lines = ["stage.slots on tasks whose label words have several lengths (dev %, same splits; median wall s per run):", "",
+             "| task | splits | exact | longest | wall exact / longest |", "|---|---|---|---|---|"]
+    for task in tasks:
+        exact, longest = found.get(("fuzzy", task), {}), found.get(("fuzzy_longest", task), {})
+        splits = sorted(set(exact) & set(longest))
+        if not splits:
+            continue
+        wall = " / ".join(f"{seconds[(m, task)]:.0f}" if (m, task) in seconds else "–" for m in ("fuzzy", "fuzzy_longest"))
+        lines.append(f"| {task} | {','.join(splits)} | {statistics.mean(exact[s] for s in splits):.1f} | "
+                     f"{statistics.mean(longest[s] for s in splits):.1f} | {wall} |")
     return lines
 
 

@@ -57,6 +57,38 @@ def test_fuzzy_training_loss_is_the_mean_over_sets_and_evaluation_pools_every_wo
         assert module.class_log_probs(batch).exp() == pytest.approx(pooled, abs=1e-5)
 
 
+def test_slots_longest_scores_every_word_on_one_input_with_the_longest_words_masks(make_config):
+    torch.manual_seed(0)
+    module, datamodule = _module(make_config, ["task=ocnli", "stage.slots=longest", "stage.word_score=calibrated"])
+    assert module.lengths == [1, 2] and module.results["slots"] == "longest"
+    batch = module.collate(datamodule.train_rows[:3])
+    assert list(batch["patterns"]) == [2]  # one input per row: two [MASK] slots
+    with torch.no_grad():
+        logp = F.log_softmax(module(**batch["patterns"][2]), -1)  # [B, 2, V]
+        by_hand = torch.stack([sum(logp[:, k, t] for k, t in enumerate(module.words.words[i].token_ids))
+                               for i in module.word_index], -1)  # 对 (1 character) at slot 0 only
+        torch.testing.assert_close(module.joint_scores(batch), by_hand)
+        empty = module.pattern_encoder.encode([{name: "" for name in module.pattern_encoder.fields}], [2])[2]
+        prior_logp = F.log_softmax(module(**empty), -1)[0]
+        prior = torch.stack([sum(prior_logp[k, t] for k, t in enumerate(module.words.words[i].token_ids))
+                             for i in module.word_index])
+        torch.testing.assert_close(module.word_scores(batch), by_hand - prior)
+    calls = []
+    handle = module.encoder.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        module.class_log_probs(batch)
+    handle.remove()
+    assert len(calls) == 1
+    exact, _ = _module(make_config, ["task=ocnli"])
+    handle = exact.encoder.register_forward_hook(lambda *args: calls.append(2))
+    with torch.no_grad():
+        exact.class_log_probs(exact.collate(datamodule.train_rows[:3]))
+    handle.remove()
+    assert calls == [1, 2, 2]  # exact: one pass per word length
+    with pytest.raises(ConfigError, match=r"stage.slots='all'; allowed: \['exact', 'longest'\]"):
+        _module(make_config, ["task=ocnli", "stage.slots=all"])
+
+
 def test_verbalizer_v1_scores_only_v1_words(make_config):
     module, datamodule = _module(make_config, ["task=ocnli", "verbalizer=v1"])
     assert module.set_names == ["v1"] and module.lengths == [2]

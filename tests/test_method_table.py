@@ -31,6 +31,7 @@ def test_methods_follow_the_task_files():
     # chid scores its candidates (no label-word sets); csldcp has no unlabeled.json
     assert method_table.methods_of("chid") == ["finetune", "fuzzy", *scoring, "fuzzy_st", "distill"]
     assert "fuzzy_st" not in method_table.methods_of("csldcp")
+    assert method_table.word_lengths("csldcp") == {2, 3, 4, 5, 6} and method_table.methods_of("csldcp")[-1] == "fuzzy_longest"
 
 
 def test_queue_order_puts_the_main_comparison_first():
@@ -38,8 +39,8 @@ def test_queue_order_puts_the_main_comparison_first():
     first = [(c.method, c.task, c.split) for c in cells[:4]]
     assert first == [("finetune", "eprstmt", "0"), ("fuzzy", "eprstmt", "0"), ("finetune", "tnews", "0"), ("fuzzy", "tnews", "0")]
     # a large task's other splits come last
-    assert all(c.task == "tnews" and c.split == "1" for c in cells[-10:])
-    assert len(cells) == 2 * 2 * 10
+    assert all(c.task == "tnews" and c.split == "1" for c in cells[-11:])
+    assert len(cells) == 2 * 10 + 2 * 11  # tnews's words have 2-4 characters: + fuzzy_longest
 
 
 def test_methods_filter_and_resume(tmp_path):
@@ -104,6 +105,14 @@ def test_scoring_table_compares_the_same_splits(tmp_path):
     lines = method_table.scoring_table(method_table.collect(tmp_path), ["ocnli"])
     assert "| ocnli | 0 | 50.0 | 60.0 | 70.0 | 80.0 |" in lines
     assert lines[-1] == "| mean (1 tasks) | | 50.0 | 60.0 | 70.0 | 80.0 |"
+
+
+def test_slots_table_compares_accuracy_and_wall_time(tmp_path):
+    write_result(tmp_path, "fuzzy", "csldcp", "0", 0.30, wall=2000)
+    write_result(tmp_path, "fuzzy", "csldcp", "1", 0.40, wall=2200)
+    write_result(tmp_path, "fuzzy_longest", "csldcp", "0", 0.25, wall=500)
+    lines = method_table.slots_table(method_table.collect(tmp_path), method_table.walls(tmp_path), ["csldcp"])
+    assert lines[-1] == "| csldcp | 0 | 30.0 | 25.0 | 2100 / 500 |"
 
 
 @pytest.mark.parametrize("argv", [["plan", "--tasks", "nope"]])
