@@ -12,8 +12,8 @@
 # Settings (environment): STEPS (pretraining steps, 2000), TASKS (eprstmt,tnews,csldcp), SPLITS (0,1,2,3,4),
 # SEED (42), VARIANTS ("kgbert mlm mlm_wwm"), OUT (outputs/kgbert_vs_mlm/<date_time>), PYTHON (python).
 # Runs land in $OUT/pretrain/<variant> and $OUT/fuzzy_pet/<variant>/<n>; the table is printed and written
-# to $OUT/table.md. A step whose results.json exists is skipped, so a stopped comparison resumes by rerunning
-# it with the same OUT.
+# to $OUT/table.md. A pretraining run whose results.json exists, and a Fuzzy-PET sweep with every results.json, are
+# skipped, so a stopped comparison resumes by rerunning it with the same OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS="${STEPS:-2000}"
@@ -47,7 +47,8 @@ for variant in $VARIANTS; do
     encoder="$run/export"
   fi
   sweep="$OUT/fuzzy_pet/$variant"
-  if ! find "$sweep" -name results.json 2>/dev/null | grep -q .; then
+  expected=$(( $(tr ',' '\n' <<< "$TASKS" | wc -l) * $(tr ',' '\n' <<< "$SPLITS" | wc -l) ))
+  if [ "$(find "$sweep" -name results.json 2>/dev/null | wc -l)" -lt "$expected" ]; then  # a stopped sweep reruns whole
     # shellcheck disable=SC2086
     "$PYTHON" train.py -m experiment=fuzzy_pet_zh_mlm_small model.pretrained="$encoder" task="$TASKS" \
       data.split="$SPLITS" seed="$SEED" keep_checkpoints=false trainer.limit_predict_batches=1 \
