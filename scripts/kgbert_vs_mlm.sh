@@ -35,6 +35,13 @@ for variant in $VARIANTS; do
     *) echo "error: unknown variant '$variant'; allowed: base kgbert mlm mlm_wwm" >&2; exit 2 ;;
   esac
   encoder="$ENCODER"
+  if [ -z "$stage" ] && [ ! -f "$OUT/pretrain/base/results.json" ]; then
+    # The encoder's own probe: one stage=mlm step at learning rate 0 leaves the weights as they are, then the same
+    # held-out validation as the other variants (stage=mlm refuses 0 steps).
+    "$PYTHON" train.py stage=mlm model=hf model.pretrained="$ENCODER" callbacks=pretrain seed="$SEED" \
+      stage.optim.lr=0 trainer.max_steps=1 trainer.max_epochs=-1 stage.export_dir=null \
+      keep_checkpoints=false hydra.run.dir="$OUT/pretrain/base" ${PRETRAIN_ARGS:-}
+  fi
   if [ -n "$stage" ]; then
     run="$OUT/pretrain/$variant"
     if [ ! -f "$run/results.json" ]; then
@@ -84,9 +91,11 @@ lines += ["", "## Pretraining runs: held-out probe (same masks in every variant)
 for v in variants:
     path = out / "pretrain" / v / "results.json"
     if not path.is_file():
-        lines.append(f"| {v} | 0 (the encoder as it is) | - | - | - | - | - |")
+        lines.append(f"| {v} | - | - | - | - | - | - |")
         continue
     r = json.loads(path.read_text())
+    if v == "base":
+        r["global_step"] = "0 (the encoder as it is)"
     buckets = " / ".join(num(r.get(f"kg/mention_mask_rate/{b}"), 3) for b in ("1-2", "3-4", "5-8", "9+"))
     lines.append(f"| {v} | {r.get('global_step')} | {num(r.get('val/acc'))} | {num(r.get('val/mention_acc'))} | "
                  f"{num(r.get('val/gain'))} | {num(r.get('val/loss'))} | {num(r.get('kg/mention_mask_rate'), 3)} ({buckets}) |")
