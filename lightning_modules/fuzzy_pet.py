@@ -67,7 +67,7 @@ class FuzzyPetModule(StageModule):
         mlm_max_length: int,
         mask_prob: float,
         debug: bool,
-        slots: str = "exact",
+        slots: str,
     ) -> None:
         if not 0.0 <= mlm_weight < 1.0:
             raise ConfigError(f"stage.mlm_weight={mlm_weight}; allowed: 0 <= mlm_weight < 1")
