@@ -35,15 +35,19 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from datamodules.task_configs import load_task_specs  # noqa: E402
+from datamodules.task_spec import TaskSpec  # noqa: E402
 # Cheapest first (rows x classes x label-word lengths on 2 CPU cores).
 TASKS = ("eprstmt", "bustm", "ocnli", "csl", "cluewsc", "chid", "tnews", "iflytek", "csldcp")
 SPLITS = ("0", "1", "2", "3", "4")
-WITH_UNLABELED = ("eprstmt", "bustm", "cluewsc", "chid", "tnews")
+# FewCLUE's tasks with unlabeled rows (cluewsc's unlabeled.json is empty; csl, ocnli, csldcp and iflytek have none).
+WITH_UNLABELED = ("eprstmt", "bustm", "chid", "tnews")
 # Fine-tuning epochs: the experiment's 20 on the 32-row tasks, fewer where a split has hundreds of rows.
 FINETUNE_EPOCHS = {"chid": 10, "tnews": 10, "iflytek": 5, "csldcp": 5}
 # Every run: no checkpoints kept, one prediction batch (the table reads dev accuracy), CSV logs only.
@@ -63,11 +67,6 @@ class Cell:
         return (self.run_dir(out) / "results.json").is_file()
 
 
-def label_word_sets(task: str) -> list[str]:
-    """The task's label-word set names (pattern 0); chid scores its candidates and has none."""
-    return list(task_file(task).get("verbalizers") or {})
-
-
 # Fuzzy-PET with other word scores / pooling (stage.word_score, stage.pooling); fuzzy is sum/words.
 SCORING = {
     "fuzzy_mean": ["stage.word_score=mean"],
@@ -76,15 +75,20 @@ SCORING = {
 }
 
 
-def task_file(task: str) -> dict:
-    return yaml.safe_load((ROOT / "conf" / "task" / f"{task}.yaml").read_text(encoding="utf-8"))
+@cache
+def task_spec(task: str) -> TaskSpec:
+    (spec,) = load_task_specs([task])
+    return spec
+
+
+def label_word_sets(task: str) -> list[str]:
+    """The task's label-word set names (pattern 0); chid scores its candidates and has none."""
+    return list(task_spec(task).verbalizers_for(0))
 
 
 def word_lengths(task: str) -> set[int]:
     """The characters per label word over the task's sets (pattern 0)."""
-    sets = task_file(task).get("verbalizers") or {}
-    return {len(word) for words in sets.values() for options in words.values()
-            for word in (options if isinstance(options, list) else [options])}
+    return {len(word) for table in task_spec(task).verbalizers_for(0).values() for words in table.values() for word in words}
 
 
 def methods_of(task: str) -> list[str]:
