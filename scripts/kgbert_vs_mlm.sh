@@ -35,15 +35,16 @@ for variant in $VARIANTS; do
     *) echo "error: unknown variant '$variant'; allowed: base kgbert mlm mlm_wwm" >&2; exit 2 ;;
   esac
   encoder="$ENCODER"
-  if [ -z "$stage" ] && [ ! -f "$OUT/pretrain/base/results.json" ]; then
-    # The encoder's own probe: one stage=mlm step at learning rate 0 leaves the weights as they are, then the same
-    # held-out validation as the other variants (stage=mlm refuses 0 steps).
-    "$PYTHON" train.py stage=mlm model=hf model.pretrained="$ENCODER" callbacks=pretrain seed="$SEED" \
-      stage.optim.lr=0 trainer.max_steps=1 trainer.max_epochs=-1 stage.export_dir=null \
-      keep_checkpoints=false hydra.run.dir="$OUT/pretrain/base" ${PRETRAIN_ARGS:-}
-  fi
-  if [ -n "$stage" ]; then
-    run="$OUT/pretrain/$variant"
+  run="$OUT/pretrain/$variant"
+  if [ -z "$stage" ]; then
+    if [ ! -f "$run/results.json" ]; then
+      # The encoder's own probe: one stage=mlm step at learning rate 0 leaves the weights as they are, then the same
+      # held-out validation as the other variants (stage=mlm refuses 0 steps).
+      "$PYTHON" train.py stage=mlm model=hf model.pretrained="$ENCODER" callbacks=pretrain seed="$SEED" \
+        stage.optim.lr=0 trainer.max_steps=1 trainer.max_epochs=-1 stage.export_dir=null \
+        keep_checkpoints=false hydra.run.dir="$run" ${PRETRAIN_ARGS:-}
+    fi
+  else
     if [ ! -f "$run/results.json" ]; then
       # callbacks=pretrain: the last weights are exported and measured (no selection on the held-out slice).
       # shellcheck disable=SC2086  # $stage and PRETRAIN_ARGS hold several overrides

@@ -41,8 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datamodules.task_configs import load_task_specs  # noqa: E402
-from datamodules.task_spec import TaskSpec  # noqa: E402
+from datamodules.task_configs import load_task_specs
+from datamodules.task_spec import TaskSpec
+
 # Cheapest first (rows x classes x label-word lengths on 2 CPU cores).
 TASKS = ("eprstmt", "bustm", "ocnli", "csl", "cluewsc", "chid", "tnews", "iflytek", "csldcp")
 SPLITS = ("0", "1", "2", "3", "4")
@@ -231,7 +232,7 @@ def table(out: Path) -> str:
             if values:
                 task_means[column][task] = statistics.mean(values)
             label = summary(values)
-            if column in chosen and chosen[column]:
+            if chosen.get(column):
                 label += f" {chosen[column].removeprefix('pet_')}"
             cells.append(label)
         if best and worst:

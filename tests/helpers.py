@@ -29,16 +29,20 @@ def with_test_defaults(overrides: list[str]) -> list[str]:
     return [*overrides, *(value for key, value in TEST_DEFAULTS.items() if key not in named)]
 
 
+def cli_environment(env: dict | None = None) -> dict:
+    """The environment of a child process that runs the project's CLI. Rank variables that in-process DDP/DeepSpeed
+    tests left in this process's environment are not passed on: a child would try to listen on a MASTER_PORT that
+    the test process's process group still holds."""
+    inherited = {k: v for k, v in os.environ.items() if k not in RANK_ENV}
+    return {**inherited, "PYTHONPATH": str(ROOT), **(env or {})}
+
+
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600,
             test_defaults: bool = True) -> subprocess.CompletedProcess:
-    """``python train.py <args>`` in a subprocess, as a user types it (plus ``TEST_DEFAULTS`` unless told not to).
-    Rank variables that in-process DDP/DeepSpeed tests left in this process's environment are not passed on: a
-    child would try to listen on a MASTER_PORT that the test process's process group still holds."""
-    inherited = {k: v for k, v in os.environ.items() if k not in RANK_ENV}
-    environment = {**inherited, "PYTHONPATH": str(ROOT), **(env or {})}
+    """``python train.py <args>`` in a subprocess, as a user types it (plus ``TEST_DEFAULTS`` unless told not to)."""
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *(with_test_defaults(args) if test_defaults else args)],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=cli_environment(env), capture_output=True, text=True, timeout=timeout,
     )
 
 

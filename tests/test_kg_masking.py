@@ -92,7 +92,8 @@ def test_real_corpus_every_length_bucket_is_masked_whole_at_least_30_percent(tmp
     args = (tok, [a.text for a in sample], [a.mentions for a in sample], random_ids, 128, 0.15)
     rates = mention_mask_rates(*args, cfg.stage.mention_mask_prob, seed=42, bucket_weights=counts)
     # 2,000 sentences: 500 each whose longest mention has 1-2, 3-4 or 5-8 characters, all 142 with one of 9+, the
-    # rest at random (measured when it was 141, before unlabeled rows repeating dev/test texts left the corpus): 24,665 mentions x 5 maskings. Measured: 0.382 overall (weighted by the corpus's 40,858 /
+    # rest at random (141 when measured, before unlabeled rows repeating dev/test texts left the corpus):
+    # 24,665 mentions x 5 maskings. Measured: 0.382 overall (weighted by the corpus's 40,858 /
     # 98,675 / 4,660 / 148 mentions per bucket); 1-2 0.390, 3-4 0.379, 5-8 0.369, 9+ 0.362; 15.5% of tokens masked.
     # The old rule (a mention only if it fit the budget), same sample: 0.358; 0.385, 0.352, 0.262, 0.085.
     # stage=mlm (no whole-mention masking): 0.006; 0.019, 0.001, 0.0, 0.0.

@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import fewclue_dir
-from tests.helpers import ROOT, read_jsonl, run_cli
+from tests.helpers import ROOT, cli_environment, read_jsonl, run_cli
 
 NAMES = {"Positive": "正面", "Negative": "负面"}
 
 
 def predict_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(ROOT / "predict.py"), *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=300, env=environment)
+                          capture_output=True, text=True, timeout=300, env=cli_environment())
 
 
 @pytest.fixture(scope="module")

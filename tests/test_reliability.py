@@ -4,7 +4,6 @@ kill -9 / SIGTERM / SIGINT followed by ``ckpt_path=.../last.ckpt`` give the unin
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import torch
 
 from errors import DataError
 from tests.conftest import datamodule_for
-from tests.helpers import ROOT, run_cli, with_test_defaults
+from tests.helpers import ROOT, cli_environment, run_cli, with_test_defaults
 from tests.test_strategies import clean_rank_environment, free_port  # noqa: F401 (autouse fixture)
 
 # Several epochs of a few steps each (eprstmt split 0: 32 rows), so that an interruption lands mid-run.
@@ -96,8 +95,7 @@ def test_a_task_folder_is_used_whole_never_completed_from_the_cache(tmp_path, sh
 
 # -- interruptions and resumption ----------------------------------------------------------------
 def start(args: list[str], env: dict | None = None) -> subprocess.Popen:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *with_test_defaults(args)], env=environment,
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *with_test_defaults(args)], env=cli_environment(env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -243,17 +243,17 @@ def test_slurm_launcher_composes_one_task_per_device(tmp_path):
 @pytest.mark.slow
 def test_torchrun_launch_two_processes_on_cpu(tmp_path, shared_fewclue):
     """What a multi-node launch runs on each node (here: one node, 2 CPU processes, rendezvous c10d)."""
-    import os
     import subprocess
     import sys
 
-    from tests.helpers import ROOT
+    from tests.helpers import ROOT, cli_environment, with_test_defaults
 
+    args = ["strategy=ddp", "trainer.devices=2", "trainer.max_steps=2", f"data.data_dir={shared_fewclue}",
+            f"hydra.run.dir={tmp_path}/run"]
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         str(ROOT / "train.py"), "strategy=ddp", "trainer.devices=2", "trainer.max_steps=2", "model=tiny", "stage=finetune",
-         f"data.data_dir={shared_fewclue}", f"hydra.run.dir={tmp_path}/run"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+         str(ROOT / "train.py"), *with_test_defaults(args)],
+        cwd=tmp_path, env=cli_environment(), capture_output=True, text=True,
         timeout=600, check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
