@@ -40,6 +40,8 @@ from errors import ConfigError, DataError, Interrupted, TrainingDiverged
 from lightning_modules.stage import StageModule
 
 log = logging.getLogger("train")
+# Per-task settings of a stage, chosen on dev: conf/tuned/<task>_<stage>.yaml (conf/train.yaml, defaults).
+TUNED_DIR = Path(__file__).resolve().parent / "conf" / "tuned"
 
 
 @dataclass
@@ -177,6 +179,8 @@ def vocabulary_texts(datamodule: StageData, task: TaskSpec) -> list[str]:
 def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Run:
     """Everything a run needs, data first: bad data stops the run before a model is built."""
     check_config(cfg)
+    if tuned := tuned_file():
+        log.info("per-task settings from %s (chosen on dev; ~tuned leaves them out)", tuned)
     resume_in_place(cfg)
     L.seed_everything(cfg.seed, workers=True)
     task = instantiate_with(cfg.task)
@@ -230,6 +234,7 @@ def run(r: Run, extra_results: dict | None = None) -> dict[str, Any]:
         "global_step": trainer.global_step,
         # Evaluated and predicted without a training step (stage=fuzzy_pet trainer.max_epochs=0: the untrained cloze).
         "zero_shot": trainer.global_step == 0,
+        "tuned": tuned_file(),
         **datamodule.stats,
         **module.results,
         **(extra_results or {}),
@@ -345,6 +350,13 @@ def close_loggers(loggers: list[Any], failed: bool) -> None:
 
 def choice(group: str) -> str | None:
     return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+def tuned_file() -> str | None:
+    """conf/tuned/<task>_<stage>.yaml when the run composed one (train.yaml's `optional tuned`), else None."""
+    name = choice("tuned")
+    path = TUNED_DIR / f"{name}.yaml" if name else None
+    return str(path.relative_to(TUNED_DIR.parents[1])) if path and path.is_file() else None
 
 
 def _fmt(value: float | None, missing: str = "n/a") -> str:
