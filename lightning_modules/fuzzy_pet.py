@@ -29,6 +29,7 @@ from lightning_modules.stage import StageModule, StepOutput
 from lightning_modules.submission import submission_rows
 from lightning_modules.verbalizer import (
     AGGREGATIONS,
+    CALIBRATED,
     POOLINGS,
     WORD_SCORES,
     Verbalizer,
@@ -112,6 +113,9 @@ class FuzzyPetModule(StageModule):
             self.lengths: list[int] = []
             if verbalizer.get("sets"):
                 log.info("task %s scores its candidate idioms; verbalizer sets %s do not apply", task.name, verbalizer["sets"])
+            if word_score == "calibrated_initial":
+                log.warning("task %s: every row has its own candidates, so there is no prior to keep; each row's "
+                            "candidates are calibrated with the current weights (as word_score=calibrated)", task.name)
             return
         self.words = Verbalizer(task.verbalizers_for(pattern), task.label_list, tokenizer, task.name)
         used = self.words.select(verbalizer.get("sets"))
@@ -129,6 +133,10 @@ class FuzzyPetModule(StageModule):
         self.register_buffer("word_sets", sets, persistent=False)
         lengths = torch.tensor([len(self.words.words[i].token_ids) for i in self.word_index], dtype=torch.float)
         self.register_buffer("word_lengths", lengths, persistent=False)
+        if word_score == "calibrated_initial":
+            # The content-free prior of the weights training starts from: NaN until computed, then saved with the
+            # weights (a resumed run and predict.py keep the start's prior).
+            self.register_buffer("initial_prior", torch.full((len(self.word_index),), float("nan")))
 
     # -- masked LM -------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, token_type_ids, mask_positions) -> torch.Tensor:
@@ -178,7 +186,7 @@ class FuzzyPetModule(StageModule):
 
     def word_scores(self, batch: dict) -> torch.Tensor:
         """[B, W]: the word scores of ``stage.word_score`` (sum, mean per character, or calibrated)."""
-        prior = self.content_free_scores(batch) if self.word_score == "calibrated" else None
+        prior = self.content_free_scores(batch) if self.word_score in CALIBRATED else None
         return self.adjusted(self.joint_scores(batch), prior, self.slot_counts(batch))
 
     def slot_counts(self, batch: dict) -> torch.Tensor:
@@ -194,19 +202,32 @@ class FuzzyPetModule(StageModule):
     @torch.no_grad()
     def content_free_scores(self, batch: dict) -> torch.Tensor:
         """Joint word scores on the pattern with every text field emptied: [W] (chid: [B, W], its own candidates).
-        A constant of the current weights: cached until the next training step."""
-        empty = {name: "" for name in self.pattern_encoder.fields}
+        calibrated: a constant of the current weights, cached until the next training step; calibrated_initial:
+        computed once, from the weights training starts from."""
         if self.multiple_choice:
             candidates = batch["candidate_ids"]
-            (inputs,) = self.pattern_encoder.encode([empty] * len(candidates), [candidates.shape[-1]]).values()
+            (inputs,) = self.pattern_encoder.encode([self._empty_fields()] * len(candidates), [candidates.shape[-1]]).values()
             return self._score(self(**self._on_device(inputs)), candidates)
+        if self.word_score == "calibrated_initial":
+            if self.initial_prior.isnan().any():
+                was_training = self.training
+                self.eval()  # kept for the whole run: without dropout noise
+                self.initial_prior.copy_(self._content_free_words())
+                self.train(was_training)
+            return self.initial_prior
         if self._prior is None or self.training:
-            patterns = self.pattern_encoder.encode([empty], self.encoded_lengths)
-            prior = self._scores_by_length({n: self._on_device(inputs) for n, inputs in patterns.items()})[0]
+            prior = self._content_free_words()
             if self.training:
                 return prior
             self._prior = prior
         return self._prior
+
+    def _empty_fields(self) -> dict[str, str]:
+        return {name: "" for name in self.pattern_encoder.fields}
+
+    def _content_free_words(self) -> torch.Tensor:
+        patterns = self.pattern_encoder.encode([self._empty_fields()], self.encoded_lengths)
+        return self._scores_by_length({n: self._on_device(inputs) for n, inputs in patterns.items()})[0]
 
     def _on_device(self, inputs: dict) -> dict:
         return {key: value.to(self.device) for key, value in inputs.items()}

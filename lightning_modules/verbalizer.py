@@ -27,8 +27,12 @@ AGGREGATIONS = ("sum_prob", "mean_logit", "mean_logprob")
 #   sum: the joint log-probability (long words lose to short ones before any training);
 #   mean: the mean per-character score;
 #   calibrated: the joint score minus the word's score on the same pattern with the text fields emptied
-#   (a content-free prior, "calibrate before use"), which removes what the pattern alone favours.
-WORD_SCORES = ("sum", "mean", "calibrated")
+#   (a content-free prior, "calibrate before use"), which removes what the pattern alone favours; the prior
+#   comes from the current weights, recomputed after every update, so training cannot learn a class bias;
+#   calibrated_initial: the same with the prior of the weights training starts from, computed once and kept
+#   with the weights (a fixed per-word offset: the untrained cloze starts fair, training may learn a prior).
+WORD_SCORES = ("sum", "mean", "calibrated", "calibrated_initial")
+CALIBRATED = ("calibrated", "calibrated_initial")
 # How the words of several label-word sets make one class distribution (stage.pooling):
 #   words: every word of every set pooled per class by the aggregation;
 #   sets: each set's own class distribution, then their mean (a set with larger word probabilities,
@@ -93,14 +97,14 @@ def adjusted_word_scores(
     scores: torch.Tensor, lengths: torch.Tensor, word_score: str, prior: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Word scores [B, W] under ``word_score`` from joint scores [B, W] (sums over slots), the words'
-    lengths [W] (or [B, W]) and, for ``calibrated``, the joint scores on the content-free pattern ([W] or [B, W])."""
+    lengths [W] (or [B, W]) and, for ``calibrated*``, the joint scores on the content-free pattern ([W] or [B, W])."""
     if word_score not in WORD_SCORES:
         raise ConfigError(f"stage.word_score={word_score!r}; allowed: {list(WORD_SCORES)}")
     if word_score == "mean":
         return scores / lengths.to(scores.device, scores.dtype)
-    if word_score == "calibrated":
+    if word_score in CALIBRATED:
         if prior is None:
-            raise ValueError("word_score=calibrated needs the content-free prior")
+            raise ValueError(f"word_score={word_score} needs the content-free prior")
         return scores - prior.to(scores.device, scores.dtype)
     return scores
 

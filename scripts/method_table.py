@@ -14,8 +14,9 @@ run it in the background, read the table whenever). Methods, all with the shared
 - ``fuzzy``: ``experiment=fuzzy_pet_zh_mlm_small`` (every set pooled);
 - ``fuzzy_st``: ``fuzzy`` + ``self_training.rounds=1`` (tasks with unlabeled.json);
 - ``distill``: ``stage=distill`` with the cell's ``fuzzy`` and ``pet_*`` runs as teachers (tasks with unlabeled.json);
-- ``fuzzy_mean``, ``fuzzy_cal``, ``fuzzy_cal_sets``: ``fuzzy`` with ``stage.word_score=mean``, ``calibrated``, and
-  ``calibrated`` + ``stage.pooling=sets`` (the scoring options whose defaults issue 10 chooses on dev; second table);
+- ``fuzzy_mean``, ``fuzzy_cal``, ``fuzzy_cal_sets``, ``fuzzy_cal_init``: ``fuzzy`` with ``stage.word_score=mean``,
+  ``calibrated``, ``calibrated`` + ``stage.pooling=sets``, and ``calibrated_initial`` (the scoring options whose
+  defaults issue 10 chooses on dev; second table);
 - ``fuzzy_longest``: ``fuzzy`` with ``stage.slots=longest`` (one forward pass instead of one per word length; tasks
   whose label words have several lengths only).
 
@@ -73,7 +74,10 @@ SCORING = {
     "fuzzy_mean": ["stage.word_score=mean"],
     "fuzzy_cal": ["stage.word_score=calibrated"],
     "fuzzy_cal_sets": ["stage.word_score=calibrated", "stage.pooling=sets"],
+    "fuzzy_cal_init": ["stage.word_score=calibrated_initial"],
 }
+SCORING_TITLES = {"fuzzy_mean": "mean/words", "fuzzy_cal": "calibrated/words", "fuzzy_cal_sets": "calibrated/sets",
+                  "fuzzy_cal_init": "calibrated_initial/words"}
 
 
 @cache
@@ -250,24 +254,31 @@ def table(out: Path) -> str:
 
 
 def scoring_table(found, tasks: list[str]) -> list[str]:
-    """Fuzzy-PET's word-score x pooling options side by side (mean over the splits all of them have, so that a row
-    compares the same splits), and the mean over the tasks that have every option."""
-    options = ["fuzzy", *SCORING]
-    lines = ["Fuzzy-PET scoring options (dev %, mean over the splits every option has; sum/words is the default):", "",
-             "| task | splits | sum/words | mean/words | calibrated/words | calibrated/sets |", "|---|---|---|---|---|---|"]
-    per_option: dict[str, list[float]] = {o: [] for o in options}
+    """Fuzzy-PET's scoring options against sum/words (the default): each option's mean over the splits it shares with
+    sum/words, and the difference on those same splits; last row the mean difference over the tasks that have it."""
+    lines = ["Fuzzy-PET scoring options (dev %: mean over the splits each option shares with sum/words, the default; "
+             "in brackets the difference from sum/words on those splits and their count):", "",
+             "| task | sum/words (splits) | " + " | ".join(SCORING_TITLES[o] for o in SCORING) + " |",
+             "|---|---|" + "---|" * len(SCORING)]
+    gains: dict[str, list[float]] = {o: [] for o in SCORING}
     for task in tasks:
-        runs = [found.get((option, task), {}) for option in options]
-        splits = sorted(set.intersection(*(set(r) for r in runs)))
-        if not splits:
-            continue
-        means = [statistics.mean(r[s] for s in splits) for r in runs]
-        for option, mean in zip(options, means):
-            per_option[option].append(mean)
-        lines.append(f"| {task} | {','.join(splits)} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
-    if per_option["fuzzy"]:
-        count = len(per_option["fuzzy"])
-        lines.append(f"| mean ({count} tasks) | | " + " | ".join(f"{statistics.mean(v):.1f}" for v in per_option.values()) + " |")
+        base = found.get(("fuzzy", task), {})
+        cells = []
+        for option in SCORING:
+            runs = found.get((option, task), {})
+            splits = sorted(set(base) & set(runs))
+            if not splits:
+                cells.append("–")
+                continue
+            mean = statistics.mean(runs[s] for s in splits)
+            gain = mean - statistics.mean(base[s] for s in splits)
+            gains[option].append(gain)
+            cells.append(f"{mean:.1f} ({gain:+.1f}, n={len(splits)})")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {task} | {statistics.mean(base.values()):.1f} ({','.join(sorted(base))}) | " + " | ".join(cells) + " |")
+    if any(gains.values()):
+        lines.append("| mean difference | | " + " | ".join(
+            f"{statistics.mean(g):+.1f} ({len(g)} tasks)" if g else "–" for g in gains.values()) + " |")
     return lines
 
 

@@ -26,7 +26,7 @@ def write_result(out: Path, method: str, task: str, split: str, acc: float, wall
 
 
 def test_methods_follow_the_task_files():
-    scoring = ["fuzzy_mean", "fuzzy_cal", "fuzzy_cal_sets"]
+    scoring = ["fuzzy_mean", "fuzzy_cal", "fuzzy_cal_sets", "fuzzy_cal_init"]
     assert method_table.methods_of("eprstmt") == ["finetune", "fuzzy", *scoring, "pet_v1", "pet_v2", "pet_v3", "fuzzy_st", "distill"]
     # chid scores its candidates (no label-word sets); csldcp has no unlabeled.json
     assert method_table.methods_of("chid") == ["finetune", "fuzzy", *scoring, "fuzzy_st", "distill"]
@@ -39,8 +39,8 @@ def test_queue_order_puts_the_main_comparison_first():
     first = [(c.method, c.task, c.split) for c in cells[:4]]
     assert first == [("finetune", "eprstmt", "0"), ("fuzzy", "eprstmt", "0"), ("finetune", "tnews", "0"), ("fuzzy", "tnews", "0")]
     # a large task's other splits come last
-    assert all(c.task == "tnews" and c.split == "1" for c in cells[-11:])
-    assert len(cells) == 2 * 10 + 2 * 11  # tnews's words have 2-4 characters: + fuzzy_longest
+    assert all(c.task == "tnews" and c.split == "1" for c in cells[-12:])
+    assert len(cells) == 2 * 11 + 2 * 12  # tnews's words have 2-4 characters: + fuzzy_longest
 
 
 def test_methods_filter_and_resume(tmp_path):
@@ -97,14 +97,18 @@ def test_fewclue_score_needs_every_task(tmp_path):
     assert [c.strip() for c in score_row.strip("|").split("|")][4] == f"{100 * sum(range(9)) / 10 / 9:.1f}"
 
 
-def test_scoring_table_compares_the_same_splits(tmp_path):
-    # calibrated lacks split 1, so every option is averaged over split 0 only
+def test_scoring_table_compares_each_option_with_sum_words_on_the_splits_both_have(tmp_path):
     for method, accs in {"fuzzy": (0.5, 0.9), "fuzzy_mean": (0.6, 0.9), "fuzzy_cal": (0.7,), "fuzzy_cal_sets": (0.8, 0.1)}.items():
         for split, acc in enumerate(accs):
             write_result(tmp_path, method, "ocnli", str(split), acc)
-    lines = method_table.scoring_table(method_table.collect(tmp_path), ["ocnli"])
-    assert "| ocnli | 0 | 50.0 | 60.0 | 70.0 | 80.0 |" in lines
-    assert lines[-1] == "| mean (1 tasks) | | 50.0 | 60.0 | 70.0 | 80.0 |"
+    write_result(tmp_path, "fuzzy", "bustm", "0", 0.5)
+    write_result(tmp_path, "fuzzy_cal", "bustm", "0", 0.6)
+    lines = method_table.scoring_table(method_table.collect(tmp_path), ["ocnli", "bustm", "csl"])
+    # mean: 75 vs 70 on splits 0,1; calibrated: 70 vs 50 on split 0 only; calibrated/sets: 45 vs 70 on 0,1
+    assert "| ocnli | 70.0 (0,1) | 75.0 (+5.0, n=2) | 70.0 (+20.0, n=1) | 45.0 (-25.0, n=2) | – |" in lines
+    assert "| bustm | 50.0 (0) | – | 60.0 (+10.0, n=1) | – | – |" in lines
+    assert not any(line.startswith("| csl") for line in lines)  # nothing to compare
+    assert lines[-1] == "| mean difference | | +5.0 (1 tasks) | +15.0 (2 tasks) | -25.0 (1 tasks) | – |"
 
 
 def test_slots_table_compares_accuracy_and_wall_time(tmp_path):

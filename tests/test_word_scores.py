@@ -1,4 +1,4 @@
-"""stage.word_score (sum / mean / calibrated) and stage.pooling (words / sets) against hand computations."""
+"""stage.word_score (sum / mean / calibrated / calibrated_initial) and stage.pooling (words / sets) against hand computations."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def test_mean_divides_by_the_characters_and_calibrated_subtracts_the_prior():
     assert adjusted_word_scores(joint, lengths, "mean").tolist() == [[-2.0, -2.0], [-4.0, -1.0]]
     prior = torch.tensor([-1.0, -5.0])  # what the pattern alone gives each word
     assert adjusted_word_scores(joint, lengths, "calibrated", prior).tolist() == [[-1.0, -1.0], [-3.0, 2.0]]
-    with pytest.raises(ConfigError, match=r"stage.word_score='max'; allowed: \['sum', 'mean', 'calibrated'\]"):
+    assert adjusted_word_scores(joint, lengths, "calibrated_initial", prior).tolist() == [[-1.0, -1.0], [-3.0, 2.0]]
+    with pytest.raises(ConfigError, match=r"stage.word_score='max'; allowed: \['sum', 'mean', 'calibrated', 'calibrated_initial'\]"):
         adjusted_word_scores(joint, lengths, "max")
 
 
@@ -82,3 +83,44 @@ def test_chid_calibrates_each_rows_candidates_on_an_empty_context(make_config):
         prior = module.content_free_scores(batch)
         assert prior.shape == (2, 7)
         torch.testing.assert_close(module.word_scores(batch), module.joint_scores(batch) - prior)
+
+
+def content_free_by_hand(module) -> torch.Tensor:
+    """The prior by hand, in eval mode: every field emptied, each word scored on its own number of masks."""
+    empty = {name: "" for name in module.pattern_encoder.fields}
+    patterns = module.pattern_encoder.encode([empty], module.lengths)
+    with torch.no_grad():
+        return torch.cat([(F.log_softmax(module.eval()(**patterns[n]), -1)[0].gather(1, module.group_ids[n].T)).sum(0)
+                          for n in module.lengths])
+
+
+def test_calibrated_initial_keeps_the_prior_of_the_starting_weights_and_saves_it_with_them(make_config):
+    torch.manual_seed(0)
+    current, datamodule = _module(make_config, ["task=ocnli", "stage.word_score=calibrated"])
+    initial, _ = _module(make_config, ["task=ocnli", "stage.word_score=calibrated_initial"])
+    initial.load_state_dict(current.state_dict(), strict=False)  # the same starting weights; the prior is still NaN
+    assert initial.initial_prior.isnan().all()
+    batch = current.collate(datamodule.train_rows[:4])
+    start = content_free_by_hand(current)
+    initial.train()  # first computed inside a training step: still without dropout
+    with torch.no_grad():
+        torch.testing.assert_close(initial.content_free_scores(batch), start)
+    initial.eval()
+
+    with torch.no_grad():  # a weight update: the output bias of word 0's first character moves by +2
+        for module in (current, initial):
+            module.backbone.get_output_embeddings().bias[module.group_ids[1][0, 0]] += 2.0
+    moved = content_free_by_hand(current)
+    assert moved[0] == pytest.approx(start[0].item() + 2.0, abs=0.05)  # (less the shift of the softmax normaliser)
+    with torch.no_grad():
+        torch.testing.assert_close(current.content_free_scores(batch), moved)  # calibrated follows the weights
+        torch.testing.assert_close(initial.content_free_scores(batch), start)  # calibrated_initial keeps the start's
+        torch.testing.assert_close(initial.word_scores(batch), initial.joint_scores(batch) - start)
+
+    state = initial.state_dict()
+    torch.testing.assert_close(state["initial_prior"], start)
+    restored, _ = _module(make_config, ["task=ocnli", "stage.word_score=calibrated_initial"])
+    restored.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(restored.content_free_scores(batch), start)
+    assert "initial_prior" not in current.state_dict()  # other word scores' checkpoints are unchanged
