@@ -144,10 +144,11 @@ def overrides(cell: Cell, out: Path) -> list[str]:
 
 
 def ready(cell: Cell, out: Path) -> bool:
-    """A distillation cell waits for its teachers."""
+    """A distillation cell waits for its teachers' unlabeled_probs.pt (a run seeded from elsewhere may lack it)."""
     if cell.method != "distill":
         return True
-    return all(Cell(m, cell.task, cell.split).done(out) for m in methods_of(cell.task) if m == "fuzzy" or m.startswith("pet_"))
+    return all((Cell(m, cell.task, cell.split).run_dir(out) / "unlabeled_probs.pt").is_file()
+               for m in methods_of(cell.task) if m == "fuzzy" or m.startswith("pet_"))
 
 
 def command(cell: Cell, out: Path) -> list[str]:
@@ -160,6 +161,8 @@ def run_queue(cells: list[Cell], out: Path) -> int:
     print(f"{len(cells) - len(todo)} of {len(cells)} cells done; {len(todo)} to run", flush=True)
     failed = 0
     for i, cell in enumerate(todo, 1):
+        if cell.done(out):  # another queue over the same cells got there first
+            continue
         if not ready(cell, out):
             print(f"[{i}/{len(todo)}] {cell}: teachers missing, skipped", flush=True)
             continue

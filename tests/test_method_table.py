@@ -19,7 +19,7 @@ Cell = method_table.Cell
 
 def write_result(out: Path, method: str, task: str, split: str, acc: float, wall: float | None = None) -> None:
     run = out / method / task / split
-    run.mkdir(parents=True)
+    run.mkdir(parents=True, exist_ok=True)
     (run / "results.json").write_text(json.dumps({"val/acc": acc, "task": task}))
     if wall is not None:
         (run / "wall_s.json").write_text(json.dumps({"wall_s": wall}))
@@ -50,10 +50,29 @@ def test_methods_filter_and_resume(tmp_path):
     assert not method_table.ready(distill, tmp_path)  # teachers missing
     for method in ("fuzzy", "pet_v1", "pet_v2", "pet_v3"):
         write_result(tmp_path, method, "bustm", "0", 0.5)
+    assert not method_table.ready(distill, tmp_path)  # results without unlabeled_probs.pt (a seeded run) teach nothing
+    for method in ("fuzzy", "pet_v1", "pet_v2", "pet_v3"):
+        (tmp_path / method / "bustm" / "0" / "unlabeled_probs.pt").touch()
     assert method_table.ready(distill, tmp_path)
     teachers = next(o for o in method_table.overrides(distill, tmp_path) if o.startswith("distill.teachers="))
     assert teachers == "distill.teachers=[" + ",".join(str(tmp_path / m / "bustm" / "0") for m in ("fuzzy", "pet_v1", "pet_v2", "pet_v3")) + "]"
     assert Cell("pet_v1", "bustm", "0").done(tmp_path) and not distill.done(tmp_path)
+
+
+def test_a_cell_finished_by_another_queue_meanwhile_is_not_run_again(tmp_path, monkeypatch):
+    cells = [Cell("fuzzy", "eprstmt", "0"), Cell("fuzzy", "eprstmt", "1")]
+    started = []
+
+    def fake_call(command, **kwargs):
+        started.append(next(o for o in command if o.startswith("data.split=")))
+        write_result(tmp_path, "fuzzy", "eprstmt", "1", 0.5)  # meanwhile another queue finishes split 1
+        write_result(tmp_path, "fuzzy", "eprstmt", "0", 0.5)
+        return 0
+
+    monkeypatch.setattr(method_table.subprocess, "call", fake_call)
+    assert method_table.run_queue(cells, tmp_path) == 0
+    assert started == ["data.split=0"]
+    assert (tmp_path / "fuzzy" / "eprstmt" / "0" / "wall_s.json").is_file()
 
 
 def test_commands_name_the_run_dir_and_settings(tmp_path):
