@@ -185,7 +185,7 @@ class FuzzyPetModule(StageModule):
         return word_logits(slot_logits, word_ids) if self.aggregation == "mean_logit" else word_log_probs(slot_logits, word_ids)
 
     def word_scores(self, batch: dict) -> torch.Tensor:
-        """[B, W]: the word scores of ``stage.word_score`` (sum, mean per character, or calibrated)."""
+        """[B, W]: the word scores of ``stage.word_score`` (sum, mean per character, or minus a content-free prior)."""
         prior = self.content_free_scores(batch) if self.word_score in CALIBRATED else None
         return self.adjusted(self.joint_scores(batch), prior, self.slot_counts(batch))
 
