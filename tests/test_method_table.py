@@ -105,8 +105,12 @@ def test_table_numbers(tmp_path):
     assert cells[7] == "10.0"
     assert cells[8] == "120 / 60"  # median wall seconds
     assert "(1 of 9 tasks)" in text  # no FewCLUE score before every task has the method
-    assert "≥ the best single set on 1 of 1 tasks (eprstmt)" in text
-    assert "Fuzzy-PET minus fine-tuning, mean over 1 tasks: +15.0 points" in text
+    # claims compare paired splits: only split 0 has fuzzy and every set (v1 60, v2 55, fuzzy 75)
+    assert "≥ the best single set on 1 of 1 tasks (eprstmt); splits where every set and Fuzzy-PET ran: eprstmt n=1." in text
+    assert "upper half of the sets' range (best − Fuzzy-PET ≤ (best − worst) / 2) on 1 of 1 tasks (eprstmt)" in text
+    assert "Fuzzy-PET minus the worst set: +20.0 points" in text
+    # fine-tuning on split 0 only (50): +25, not 75 - 60
+    assert "Fuzzy-PET minus fine-tuning on the same splits, mean over 1 tasks: +25.0 points (eprstmt +25.0 (n=1))." in text
 
 
 def test_fewclue_score_needs_every_task(tmp_path):
