@@ -54,6 +54,9 @@ WITH_UNLABELED = ("eprstmt", "bustm", "chid", "tnews")
 FINETUNE_EPOCHS = {"chid": 10, "tnews": 10, "iflytek": 5, "csldcp": 5}
 # Every run: no checkpoints kept, one prediction batch (the table reads dev accuracy), CSV logs only.
 COMMON = ("keep_checkpoints=false", "trainer.limit_predict_batches=1", "logger=csv")
+# Every method but fuzzy_tuned runs the stage's own defaults, whatever conf/tuned/ holds when it runs.
+UNTUNED = "~tuned"
+TUNED_DIR = ROOT / "conf" / "tuned"
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,13 @@ def word_lengths(task: str) -> set[int]:
     return {len(word) for table in task_spec(task).verbalizers_for(0).values() for words in table.values() for word in words}
 
 
+def has_tuned(task: str) -> bool:
+    return (TUNED_DIR / f"{task}_fuzzy_pet.yaml").is_file()
+
+
 def methods_of(task: str) -> list[str]:
-    methods = ["finetune", "fuzzy", *SCORING, *(f"pet_{name}" for name in label_word_sets(task))]
+    methods = ["finetune", "fuzzy", *(["fuzzy_tuned"] if has_tuned(task) else []), *SCORING,
+               *(f"pet_{name}" for name in label_word_sets(task))]
     if len(word_lengths(task)) > 1:
         methods.append("fuzzy_longest")
     if task in WITH_UNLABELED:
@@ -109,7 +117,7 @@ def phase(cell: Cell) -> int:
     """Queue order: fine-tuning and Fuzzy-PET on every task's split 0, then on the other splits of the smaller tasks,
     then the scoring options, PET's single sets, self-training and distillation, then the large tasks' other splits."""
     large_later = cell.task in ("tnews", "iflytek", "csldcp") and cell.split != "0"
-    if cell.method in ("finetune", "fuzzy"):
+    if cell.method in ("finetune", "fuzzy", "fuzzy_tuned"):
         base = 0 if cell.split == "0" else 1
     else:
         base = {"fuzzy_st": 4, "distill": 4}.get(cell.method, 2 if cell.method in (*SCORING, "fuzzy_longest") else 3)
@@ -136,7 +144,7 @@ def overrides(cell: Cell, out: Path) -> list[str]:
         encoder = os.environ.get("ZH_MLM_SMALL", str(ROOT.parent / "shared" / "encoders" / "zh-mlm-small"))
         return ["stage=distill", "model=hf", f"model.pretrained={encoder}", *task,
                 f"distill.teachers=[{','.join(str(t) for t in teachers)}]"]
-    extra = {"fuzzy": [], "fuzzy_st": ["self_training.rounds=1"], "fuzzy_longest": ["stage.slots=longest"],
+    extra = {"fuzzy": [], "fuzzy_tuned": [], "fuzzy_st": ["self_training.rounds=1"], "fuzzy_longest": ["stage.slots=longest"],
              **SCORING}.get(cell.method)
     if extra is None:  # pet_<set>
         extra = [f"verbalizer={cell.method.removeprefix('pet_')}"]
@@ -152,7 +160,8 @@ def ready(cell: Cell, out: Path) -> bool:
 
 
 def command(cell: Cell, out: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), *overrides(cell, out), *COMMON,
+    untuned = [] if cell.method == "fuzzy_tuned" else [UNTUNED]
+    return [sys.executable, str(ROOT / "train.py"), *overrides(cell, out), *COMMON, *untuned,
             f"hydra.run.dir={cell.run_dir(out)}"]
 
 
@@ -218,8 +227,9 @@ def pet_extremes(found, task: str) -> tuple[str | None, str | None]:
     return max(means, key=means.get), min(means, key=means.get)
 
 
-COLUMNS = ("finetune", "pet_best", "pet_worst", "fuzzy", "fuzzy_st", "distill")
+COLUMNS = ("finetune", "pet_best", "pet_worst", "fuzzy", "fuzzy_tuned", "fuzzy_st", "distill")
 TITLES = {"finetune": "fine-tuning", "pet_best": "PET best set", "pet_worst": "PET worst set", "fuzzy": "Fuzzy-PET",
+          "fuzzy_tuned": "Fuzzy-PET, conf/tuned",
           "fuzzy_st": "Fuzzy-PET + self-training", "distill": "distilled ensemble"}
 
 
@@ -326,16 +336,19 @@ def claims(found, tasks: list[str]) -> list[str]:
             f"{len(compared)} tasks ({', '.join(upper_half) or 'none'}).",
             f"- Fuzzy-PET minus the worst set: {statistics.mean(gaps):+.1f} points on average (the risk a single set carries).",
         ]
-    diffs, wins = {}, []
-    for task in tasks:
-        fuzzy, finetune = found.get(("fuzzy", task), {}), found.get(("finetune", task), {})
-        splits = sorted(set(fuzzy) & set(finetune))
-        if splits:
-            diffs[task] = statistics.mean(fuzzy[s] - finetune[s] for s in splits)
-            wins.append(f"{task} {diffs[task]:+.1f} (n={len(splits)})")
-    if diffs:
-        lines.append(f"- Fuzzy-PET minus fine-tuning on the same splits, mean over {len(diffs)} tasks: "
-                     f"{statistics.mean(diffs.values()):+.1f} points ({', '.join(wins)}).")
+    for title, method_of in (("Fuzzy-PET", lambda task: "fuzzy"),
+                             ("The default command (conf/tuned where it has the task)",
+                              lambda task: "fuzzy_tuned" if has_tuned(task) else "fuzzy")):
+        diffs, wins = {}, []
+        for task in tasks:
+            fuzzy, finetune = found.get((method_of(task), task), {}), found.get(("finetune", task), {})
+            splits = sorted(set(fuzzy) & set(finetune))
+            if splits:
+                diffs[task] = statistics.mean(fuzzy[s] - finetune[s] for s in splits)
+                wins.append(f"{task} {diffs[task]:+.1f} (n={len(splits)})")
+        if diffs:
+            lines.append(f"- {title} minus fine-tuning on the same splits, mean over {len(diffs)} tasks: "
+                         f"{statistics.mean(diffs.values()):+.1f} points ({', '.join(wins)}).")
     return lines
 
 

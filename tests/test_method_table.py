@@ -59,6 +59,27 @@ def test_methods_filter_and_resume(tmp_path):
     assert Cell("pet_v1", "bustm", "0").done(tmp_path) and not distill.done(tmp_path)
 
 
+def test_only_fuzzy_tuned_runs_with_conf_tuned_and_only_where_the_task_has_a_file(tmp_path, monkeypatch):
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "csl_fuzzy_pet.yaml").write_text("# @package _global_\ntrainer:\n  max_epochs: 12\n")
+    monkeypatch.setattr(method_table, "TUNED_DIR", tuned)
+    assert "fuzzy_tuned" in method_table.methods_of("csl") and "fuzzy_tuned" not in method_table.methods_of("bustm")
+    out = tmp_path / "out"
+    assert "~tuned" not in method_table.command(Cell("fuzzy_tuned", "csl", "0"), out)
+    assert "~tuned" in method_table.command(Cell("fuzzy", "csl", "0"), out)
+    write_result(out, "finetune", "csl", "0", 0.5)
+    write_result(out, "fuzzy", "csl", "0", 0.55)
+    write_result(out, "fuzzy_tuned", "csl", "0", 0.7)
+    write_result(out, "finetune", "bustm", "0", 0.5)
+    write_result(out, "fuzzy", "bustm", "0", 0.6)
+    text = method_table.table(out)
+    assert "- Fuzzy-PET minus fine-tuning on the same splits, mean over 2 tasks: +7.5 points" in text
+    # csl takes its tuned runs (+20), bustm the stage defaults (+10)
+    assert "- The default command (conf/tuned where it has the task) minus fine-tuning on the same splits, mean over " \
+           "2 tasks: +15.0 points (bustm +10.0 (n=1), csl +20.0 (n=1))." in text
+
+
 def test_a_cell_finished_by_another_queue_meanwhile_is_not_run_again(tmp_path, monkeypatch):
     cells = [Cell("fuzzy", "eprstmt", "0"), Cell("fuzzy", "eprstmt", "1")]
     started = []
@@ -78,7 +99,7 @@ def test_a_cell_finished_by_another_queue_meanwhile_is_not_run_again(tmp_path, m
 def test_commands_name_the_run_dir_and_settings(tmp_path):
     command = method_table.command(Cell("finetune", "csldcp", "3"), tmp_path)
     assert command[2:] == ["experiment=finetune_zh_mlm_small", "task=csldcp", "data.split=3", "trainer.max_epochs=5",
-                           *method_table.COMMON, f"hydra.run.dir={tmp_path / 'finetune' / 'csldcp' / '3'}"]
+                           *method_table.COMMON, "~tuned", f"hydra.run.dir={tmp_path / 'finetune' / 'csldcp' / '3'}"]
     assert "self_training.rounds=1" in method_table.command(Cell("fuzzy_st", "tnews", "0"), tmp_path)
     assert "verbalizer=v2" in method_table.command(Cell("pet_v2", "ocnli", "0"), tmp_path)
     sets = method_table.command(Cell("fuzzy_cal_sets", "csl", "0"), tmp_path)
@@ -101,9 +122,9 @@ def test_table_numbers(tmp_path):
     assert cells[2] == "65.0 ± 7.1 (n=2) v1"
     assert cells[3] == "55.0 (n=1) v2"
     assert cells[4] == "75.0 (n=1)"
-    assert cells[5] == "–"
-    assert cells[7] == "10.0"
-    assert cells[8] == "120 / 60"  # median wall seconds
+    assert cells[5] == cells[6] == "–"
+    assert cells[8] == "10.0"
+    assert cells[9] == "120 / 60"  # median wall seconds
     assert "(1 of 9 tasks)" in text  # no FewCLUE score before every task has the method
     # claims compare paired splits: only split 0 has fuzzy and every set (v1 60, v2 55, fuzzy 75)
     assert "≥ the best single set on 1 of 1 tasks (eprstmt); splits where every set and Fuzzy-PET ran: eprstmt n=1." in text
