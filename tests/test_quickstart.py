@@ -21,7 +21,8 @@ def test_default_job_is_fuzzy_pet_with_the_shared_encoder_well_above_chance(tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (results["stage"], results["task"], results["split"], results["model"]) == ("fuzzy_pet", "eprstmt", "0", "hf")
-    # 32 dev rows, 2 classes: measured 0.7188 (23 of 32) on 2 cores; the fine-tuning baseline is 0.594.
+    assert results["tuned"] == "conf/tuned/eprstmt_fuzzy_pet.yaml" and results["global_step"] == 12 * 4  # 12 epochs
+    # 32 dev rows, 2 classes: measured 0.7500 (24 of 32) with the tuned 12 epochs; the fine-tuning baseline is 0.594.
     assert results["val/acc"] >= 0.65
     lines = done.stdout.strip().splitlines()[-3:]
     assert re.fullmatch(r"val/acc: 0\.\d{4}  test/acc: n/a .*", lines[0])

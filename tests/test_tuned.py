@@ -30,7 +30,8 @@ def compose_in(conf: Path, overrides: list[str]):
 def conf_with_tuned(tmp_path, monkeypatch):
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)
-    (conf / "tuned").mkdir(exist_ok=True)
+    shutil.rmtree(conf / "tuned", ignore_errors=True)  # only the file below
+    (conf / "tuned").mkdir()
     (conf / "tuned" / "eprstmt_fuzzy_pet.yaml").write_text(
         "# @package _global_\nstage:\n  word_score: mean\ntrainer:\n  max_epochs: 7\n", encoding="utf-8")
     monkeypatch.setattr(train, "TUNED_DIR", conf / "tuned")
