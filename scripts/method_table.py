@@ -11,7 +11,9 @@ run it in the background, read the table whenever). Methods, all with the shared
 
 - ``finetune``: ``experiment=finetune_zh_mlm_small`` (fewer epochs on the tasks with many training rows);
 - ``pet_<set>``: ``experiment=fuzzy_pet_zh_mlm_small verbalizer=<set>`` for each label-word set of the task;
-- ``fuzzy``: ``experiment=fuzzy_pet_zh_mlm_small`` (every set pooled);
+- ``fuzzy``: ``experiment=fuzzy_pet_zh_mlm_small`` (every set pooled); every method runs with ``~tuned`` (the stage's
+  own defaults) except
+- ``fuzzy_tuned``: ``fuzzy`` with ``conf/tuned/<task>_fuzzy_pet.yaml`` (what the default command runs; tasks with one);
 - ``fuzzy_st``: ``fuzzy`` + ``self_training.rounds=1`` (tasks with unlabeled.json);
 - ``distill``: ``stage=distill`` with the cell's ``fuzzy`` and ``pet_*`` runs as teachers (tasks with unlabeled.json);
 - ``fuzzy_mean``, ``fuzzy_cal``, ``fuzzy_cal_sets``, ``fuzzy_cal_init``: ``fuzzy`` with ``stage.word_score=mean``,
