@@ -81,6 +81,12 @@ def test_zero_shot_cloze_scoring_stays_allowed(tmp_path, shared_fewclue):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "run/results.json").read_text())
     assert results["global_step"] == 0 and results["zero_shot"] is True
+    # experiment=zero_shot: the same, with calibrated word scores, whatever conf/tuned holds for the task
+    done = run_cli(["experiment=zero_shot", "model=tiny", "trainer.limit_predict_batches=1", "logger=none",
+                    f"data.data_dir={shared_fewclue}", f"hydra.run.dir={tmp_path}/zero"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "zero/results.json").read_text())
+    assert (results["global_step"], results["zero_shot"], results["word_score"]) == (0, True, "calibrated")
 
 
 def test_a_task_folder_is_used_whole_never_completed_from_the_cache(tmp_path, shared_fewclue):
