@@ -15,10 +15,11 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
-# The tests' own defaults: a tiny model from scratch and the fine-tuning stage (fast, no checkpoint needed).
-# train.py's defaults are the users' (the shared encoder and Fuzzy-PET); a test naming model=, stage= or
+# The tests' own defaults: a tiny model from scratch and the fine-tuning stage (fast, no checkpoint needed), and
+# no conf/tuned/ settings (chosen for the shared encoder; tests/test_tuned.py and the quickstart test cover them).
+# train.py's defaults are the users' (the shared encoder and Fuzzy-PET); a test naming model=, stage=, tuned or
 # experiment= gets what it names.
-TEST_DEFAULTS = {"model": "model=tiny", "stage": "stage=finetune"}
+TEST_DEFAULTS = {"model": "model=tiny", "stage": "stage=finetune", "tuned": "~tuned"}
 RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK")
 
 

@@ -17,6 +17,12 @@ spec.loader.exec_module(method_table)
 Cell = method_table.Cell
 
 
+@pytest.fixture(autouse=True)
+def no_tuned_files(tmp_path_factory, monkeypatch):
+    """The queue's plan does not depend on what conf/tuned/ holds today (a test that wants a file writes its own)."""
+    monkeypatch.setattr(method_table, "TUNED_DIR", tmp_path_factory.mktemp("no_tuned"))
+
+
 def write_result(out: Path, method: str, task: str, split: str, acc: float, wall: float | None = None) -> None:
     run = out / method / task / split
     run.mkdir(parents=True, exist_ok=True)
