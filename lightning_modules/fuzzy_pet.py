@@ -137,6 +137,8 @@ class FuzzyPetModule(StageModule):
             # The content-free prior of the weights training starts from: NaN until computed, then saved with the
             # weights (a resumed run and predict.py keep the start's prior).
             self.register_buffer("initial_prior", torch.full((len(self.word_index),), float("nan")))
+            self._initial_prior_known = False  # a Python flag: no device sync per batch to ask the buffer
+            self.register_load_state_dict_post_hook(FuzzyPetModule._initial_prior_loaded)
 
     # -- masked LM -------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, token_type_ids, mask_positions) -> torch.Tensor:
@@ -209,11 +211,12 @@ class FuzzyPetModule(StageModule):
             (inputs,) = self.pattern_encoder.encode([self._empty_fields()] * len(candidates), [candidates.shape[-1]]).values()
             return self._score(self(**self._on_device(inputs)), candidates)
         if self.word_score == "calibrated_initial":
-            if self.initial_prior.isnan().any():
+            if not self._initial_prior_known:
                 was_training = self.training
                 self.eval()  # kept for the whole run: without dropout noise
                 self.initial_prior.copy_(self._content_free_words())
                 self.train(was_training)
+                self._initial_prior_known = True
             return self.initial_prior
         if self._prior is None or self.training:
             prior = self._content_free_words()
@@ -221,6 +224,11 @@ class FuzzyPetModule(StageModule):
                 return prior
             self._prior = prior
         return self._prior
+
+    @staticmethod
+    def _initial_prior_loaded(module: "FuzzyPetModule", incompatible_keys) -> None:
+        """Weights were loaded (resume, predict.py): the prior came with them unless the checkpoint had none."""
+        module._initial_prior_known = not module.initial_prior.isnan().any().item()
 
     def _empty_fields(self) -> dict[str, str]:
         return {name: "" for name in self.pattern_encoder.fields}
