@@ -169,6 +169,19 @@ def test_slots_table_compares_accuracy_and_wall_time(tmp_path):
     assert lines[-1] == "| csldcp | 0 | 30.0 | 25.0 | 2100 / 500 |"
 
 
+def test_fuzzy_column_takes_longest_slots_only_where_no_exact_run_exists(tmp_path):
+    write_result(tmp_path, "fuzzy", "tnews", "0", 0.40, wall=470)
+    write_result(tmp_path, "fuzzy_longest", "tnews", "0", 0.90, wall=190)  # exact exists: longest stays out of the column
+    write_result(tmp_path, "fuzzy_longest", "iflytek", "0", 0.20, wall=900)
+    write_result(tmp_path, "finetune", "iflytek", "0", 0.15, wall=1500)
+    text = method_table.table(tmp_path)
+    main_table = text.split("\n\n")[1].splitlines()
+    row = {line.split(" | ")[0]: line.split(" | ") for line in main_table}
+    assert row["| tnews"][4] == "40.0 (n=1)"
+    assert row["| iflytek"][4] == "20.0 (n=1) slots=longest" and row["| iflytek"][-1] == "1500 / 900 |"
+    assert "Fuzzy-PET minus fine-tuning on the same splits, mean over 1 tasks: +5.0 points (iflytek +5.0 (n=1))." in text
+
+
 @pytest.mark.parametrize("argv", [["plan", "--tasks", "nope"]])
 def test_unknown_task_is_refused(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
