@@ -231,7 +231,7 @@ def pet_extremes(found, task: str) -> tuple[str | None, str | None]:
 
 COLUMNS = ("finetune", "pet_best", "pet_worst", "fuzzy", "fuzzy_tuned", "fuzzy_st", "distill")
 TITLES = {"finetune": "fine-tuning", "pet_best": "PET best set", "pet_worst": "PET worst set", "fuzzy": "Fuzzy-PET",
-          "fuzzy_tuned": "Fuzzy-PET, conf/tuned",
+          "fuzzy_tuned": "Fuzzy-PET, default command (conf/tuned)",
           "fuzzy_st": "Fuzzy-PET + self-training", "distill": "distilled ensemble"}
 
 
@@ -239,6 +239,11 @@ def fuzzy_method(found, task: str) -> str:
     """The Fuzzy-PET runs of a task: exact slots, or stage.slots=longest where only those ran (the large tasks, whose
     exact runs cost 3-5 passes per batch)."""
     return "fuzzy_longest" if ("fuzzy", task) not in found and ("fuzzy_longest", task) in found else "fuzzy"
+
+
+def default_command_method(found, task: str) -> str:
+    """What ``python train.py stage=fuzzy_pet task=T ...`` runs: conf/tuned where it has the task, else the stage."""
+    return "fuzzy_tuned" if has_tuned(task) else fuzzy_method(found, task)
 
 
 def table(out: Path) -> str:
@@ -250,7 +255,8 @@ def table(out: Path) -> str:
     task_means: dict[str, dict[str, float]] = {c: {} for c in COLUMNS}
     for task in tasks:
         best, worst = pet_extremes(found, task)
-        chosen = {"pet_best": best, "pet_worst": worst, "fuzzy": fuzzy_method(found, task)}
+        chosen = {"pet_best": best, "pet_worst": worst, "fuzzy": fuzzy_method(found, task),
+                  "fuzzy_tuned": default_command_method(found, task)}
         cells, spread = [], "–"
         for column in COLUMNS:
             values = list(found.get((chosen.get(column, column), task), {}).values())
@@ -261,6 +267,8 @@ def table(out: Path) -> str:
                 label += f" {chosen[column].removeprefix('pet_')}"
             elif column == "fuzzy" and chosen[column] == "fuzzy_longest":
                 label += " slots=longest"
+            elif column == "fuzzy_tuned" and chosen[column] != "fuzzy_tuned" and values:
+                label = "(= Fuzzy-PET)"
             cells.append(label)
         if best and worst:
             spread = f"{task_means['pet_best'][task] - task_means['pet_worst'][task]:.1f}"
@@ -348,7 +356,7 @@ def claims(found, tasks: list[str]) -> list[str]:
         ]
     for title, method_of in (("Fuzzy-PET", lambda task: fuzzy_method(found, task)),
                              ("The default command (conf/tuned where it has the task)",
-                              lambda task: "fuzzy_tuned" if has_tuned(task) else fuzzy_method(found, task))):
+                              lambda task: default_command_method(found, task))):
         diffs, wins = {}, []
         for task in tasks:
             fuzzy, finetune = found.get((method_of(task), task), {}), found.get(("finetune", task), {})

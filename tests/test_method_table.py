@@ -128,7 +128,8 @@ def test_table_numbers(tmp_path):
     assert cells[2] == "65.0 ± 7.1 (n=2) v1"
     assert cells[3] == "55.0 (n=1) v2"
     assert cells[4] == "75.0 (n=1)"
-    assert cells[5] == cells[6] == "–"
+    assert cells[5] == "(= Fuzzy-PET)"  # the default command without a conf/tuned file
+    assert cells[6] == cells[7] == "–"
     assert cells[8] == "10.0"
     assert cells[9] == "120 / 60"  # median wall seconds
     assert "(1 of 9 tasks)" in text  # no FewCLUE score before every task has the method
@@ -180,6 +181,24 @@ def test_fuzzy_column_takes_longest_slots_only_where_no_exact_run_exists(tmp_pat
     assert row["| tnews"][4] == "40.0 (n=1)"
     assert row["| iflytek"][4] == "20.0 (n=1) slots=longest" and row["| iflytek"][-1] == "1500 / 900 |"
     assert "Fuzzy-PET minus fine-tuning on the same splits, mean over 1 tasks: +5.0 points (iflytek +5.0 (n=1))." in text
+    assert row["| iflytek"][5] == "(= Fuzzy-PET)"  # no conf/tuned file: the default command is the stage's
+
+
+def test_fewclue_score_needs_every_task_and_the_default_command_falls_back_to_the_stage(tmp_path, monkeypatch):
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "eprstmt_fuzzy_pet.yaml").write_text("trainer:\n  max_epochs: 12\n")
+    monkeypatch.setattr(method_table, "TUNED_DIR", tuned)
+    out = tmp_path / "runs"
+    for i, task in enumerate(method_table.TASKS):
+        write_result(out, "finetune", task, "0", 0.10 * (i % 5))  # 0, 10, 20, 30, 40, 0, 10, 20, 30: mean 160 / 9
+        write_result(out, "fuzzy", task, "0", 0.50)
+    write_result(out, "fuzzy_tuned", "eprstmt", "0", 0.59)
+    text = method_table.table(out)
+    score = next(line for line in text.splitlines() if line.startswith("| **FewCLUE score**")).split(" | ")
+    assert score[1] == "17.8" and score[4] == "50.0"
+    assert score[5] == "51.0"  # (59 + 8 * 50) / 9: eprstmt's tuned run, the stage's runs elsewhere
+    assert score[2] == "(0 of 9 tasks)"  # no PET single-set runs
 
 
 @pytest.mark.parametrize("argv", [["plan", "--tasks", "nope"]])
