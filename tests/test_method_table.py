@@ -199,6 +199,12 @@ def test_fewclue_score_needs_every_task_and_the_default_command_falls_back_to_th
     assert score[1] == "17.8" and score[4] == "50.0"
     assert score[5] == "51.0"  # (59 + 8 * 50) / 9: eprstmt's tuned run, the stage's runs elsewhere
     assert score[2] == "(0 of 9 tasks)"  # no PET single-set runs
+    write_result(out, "fuzzy", "eprstmt", "1", 0.95)  # the mean over splits moves; split 0 alone does not
+    lines = method_table.table(out).splitlines()
+    score = next(line for line in lines if line.startswith("| **FewCLUE score**")).split(" | ")
+    only0 = next(line for line in lines if line.startswith("| FewCLUE score, split 0 only")).split(" | ")
+    assert score[4] == "52.5" and only0[4] == "50.0"  # (72.5 + 8 * 50) / 9
+    assert only0[1] == "17.8"
 
 
 @pytest.mark.parametrize("argv", [["plan", "--tasks", "nope"]])
