@@ -22,6 +22,8 @@ from errors import DataError
 
 MAX_REPORTED_ERRORS = 20
 FORMATS = {".json": "jsonl", ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+# span_pair rows also carry {text_marked}: the text with the pronoun (span2) in these brackets.
+SPAN_MARKS = ("【", "】")
 
 
 @dataclass
@@ -42,6 +44,16 @@ def _text(value: Any) -> str:
     if isinstance(value, list):
         return "，".join(str(v) for v in value)
     return str(value)
+
+
+def mark_span(text: str, span: str, index: int, marks: tuple[str, str] = SPAN_MARKS) -> str:
+    """``text`` with ``span`` wrapped in ``marks`` at ``index`` (its first occurrence where the index does not hold it;
+    unchanged where the text lacks it): which of several 他 the pronoun is, for a cloze that cannot see positions."""
+    if text[index : index + len(span)] != span:
+        index = text.find(span)
+    if not span or index < 0:
+        return text
+    return f"{text[:index]}{marks[0]}{span}{marks[1]}{text[index + len(span):]}"
 
 
 def _parse_row(task: TaskSpec, raw: dict, path: Path, line: int, labelled: bool, line_ids: bool = False) -> Row:
@@ -70,6 +82,7 @@ def _parse_row(task: TaskSpec, raw: dict, path: Path, line: int, labelled: bool,
         fields["span2"] = str(target["span2_text"])
         fields["span1_index"] = int(target["span1_index"])
         fields["span2_index"] = int(target["span2_index"])
+        fields["text_marked"] = mark_span(fields[task.text_fields[0]], fields["span2"], fields["span2_index"])
     if task.kind == "multiple_choice":
         candidates = raw.get(task.candidates_field)
         if not isinstance(candidates, list) or len(candidates) != task.num_choices:

@@ -189,7 +189,7 @@ class PatternEncoder:
 
 def allowed_fields(task) -> list[str]:
     """The placeholders a task's patterns may use besides {mask}."""
-    extra = {"span_pair": ["span1", "span2"], "multiple_choice": ["left", "right"]}.get(task.kind, [])
+    extra = {"span_pair": ["span1", "span2", "text_marked"], "multiple_choice": ["left", "right"]}.get(task.kind, [])
     return [*task.text_fields, *extra]
 
 

@@ -9,7 +9,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from datamodules.fewclue_rows import read_rows
+from datamodules.fewclue_rows import mark_span, read_rows
 from errors import DataError
 from tests.conftest import CONF, TASKS, datamodule_for
 
@@ -48,10 +48,20 @@ def test_quirks_string_ids_and_idx(shared_fewclue, tmp_path):
     first_train = json.loads(open(shared_fewclue / "cluewsc/train_0.json").readline())
     assert wsc.train_rows[0].id == first_train["idx"]
     assert wsc.train_rows[0].fields["span1"] == first_train["target"]["span1_text"]
+    # 为什么要出现……，他走到了我的家人中间。: the pronoun at index 30 is bracketed, nothing else moves
+    marked, text = wsc.train_rows[0].fields["text_marked"], first_train["text"]
+    at = first_train["target"]["span2_index"]
+    assert marked == text[:at] + "【" + text[at] + "】" + text[at + 1 :] and len(marked) == len(text) + 2
     chid = datamodule_for("chid", tmp_path / "run", shared_fewclue)
     chid.setup()
     row = chid.train_rows[0]
     assert row.fields["left"] + "#idiom#" + row.fields["right"] == json.loads(open(shared_fewclue / "chid/train_0.json").readline())["content"]
+
+
+def test_mark_span_brackets_the_occurrence_at_the_index():
+    assert mark_span("他说他来了", "他", 2) == "他说【他】来了"  # the second 他, as the index says
+    assert mark_span("他说他来了", "他", 4) == "【他】说他来了"  # index off the span: its first occurrence
+    assert mark_span("他说他来了", "她", 0) == "他说他来了"  # not in the text: unchanged
 
 
 @pytest.fixture

@@ -126,6 +126,11 @@ def test_cluewsc_pattern_is_built_from_the_spans_and_debug_shows_one_pattern_per
         f"false: {row.fields['text']}这里的“{span2}”不是“{span1}”。",
         f"true: {row.fields['text']}这里的“{span2}”就是“{span1}”。",
     ]
+    marked, _ = _module(make_config, ["task=cluewsc", "stage.pattern=2"])
+    at, text = row.fields["span2_index"], row.fields["text"]
+    assert marked.filled_examples(row)[1] == (
+        f"true: {text[:at]}【{span2}】{text[at + len(span2):]}这里的“{span2}”就是“{span1}”。"
+    )
 
 
 def test_bad_stage_settings_name_the_key(make_config):
