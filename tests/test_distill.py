@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from callbacks.pseudo_labels import select_by_class
 from datamodules.teachers import TeacherEnsemble
@@ -146,3 +147,18 @@ def test_distill_refuses_a_task_without_unlabeled_data_in_one_line(tmp_path, sha
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: distill.teachers: {teacher} (task ocnli) has no unlabeled rows: stage=distill needs a task with "
         "unlabeled data")
+
+
+def test_a_teacher_from_an_older_version_gets_todays_defaults_for_the_keys_it_lacks(teachers, tmp_path):
+    from ipet import generation_config
+
+    old = tmp_path / "old_teacher"
+    old.mkdir()
+    config = OmegaConf.load(teachers / "1" / "config.yaml")
+    del config.stage["slots"]  # stage.slots came after this teacher
+    OmegaConf.save(config, old / "config.yaml")
+    results = json.loads((teachers / "1" / "results.json").read_text())
+    (old / "results.json").write_text(json.dumps({**results, "config": str(old / "config.yaml")}))
+    cfg = generation_config(old, tmp_path / "child")
+    assert cfg.stage.slots == "exact" and cfg.stage.pattern == 1  # today's default; the teacher's own pattern
+    assert cfg.paths.output_dir == str(tmp_path / "child") and cfg.ckpt_path is None
