@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.pseudo_labels import PseudoLabels
 from datamodules.teachers import TeacherEnsemble, run_dirs
 from errors import ConfigError
+from run_config import with_todays_defaults
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +36,13 @@ def generation_config(teacher: Path, output_dir: Path) -> DictConfig:
         raise ConfigError(f"distill.generations: teacher {teacher} has no config.yaml to retrain it from")
     old_dir = str(OmegaConf.load(source).paths.output_dir)
     cfg = OmegaConf.create(source.read_text(encoding="utf-8").replace(old_dir, str(output_dir)))
-    today = composed_today([f"stage={results.get('stage') or 'fuzzy_pet'}", f"task={cfg.stage.task.name}", "~tuned"])
-    for section in ("stage", "data"):  # a teacher run by an older version lacks the keys added since
-        cfg[section] = OmegaConf.merge(today[section], cfg[section])
+    cfg = with_todays_defaults(cfg, results.get("stage") or "fuzzy_pet")  # a teacher run by an older version
     cfg.paths.output_dir = str(output_dir)
     cfg.ckpt_path = None
     cfg.keep_checkpoints = False
     if cfg.get("callbacks") and cfg.callbacks.get("self_training"):
         cfg.callbacks.self_training.rounds = 0
     return cfg
-
-
-def composed_today(overrides: list[str]) -> DictConfig:
-    """conf/train.yaml with ``overrides`` as this version composes it (inside train.py's Hydra app or outside)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name="train", overrides=overrides)
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def run_generations(cfg: DictConfig, train_one: Callable[[DictConfig, list, dict], dict]) -> list[str]:

@@ -37,6 +37,7 @@ from datamodules.fewclue_rows import FORMATS, Row, read_rows
 from datamodules.task_spec import TaskSpec
 from errors import ConfigError, DataError
 from lightning_modules.stage import StageModule
+from run_config import with_todays_defaults
 from train import check_checkpoint, instantiate_with, vocabulary_texts
 
 ROOT = Path(__file__).resolve().parent
@@ -124,16 +125,19 @@ class Predictor:
 
 def _run_files(run_dir: Path) -> tuple[DictConfig, dict]:
     """The run's resolved config.yaml and its results.json (both written by train.py when the run ended)."""
-    config, results = run_dir / "config.yaml", run_dir / "results.json"
+    config, results_file = run_dir / "config.yaml", run_dir / "results.json"
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
-    if not config.is_file() or not results.is_file():
+    if not config.is_file() or not results_file.is_file():
         raise ConfigError(f"{run_dir}: not a finished train.py run (config.yaml and results.json are written when a "
                           "run ends)")
+    results = json.loads(results_file.read_text(encoding="utf-8"))
     cfg = OmegaConf.load(config)
+    if results.get("stage"):  # a run of an older version may lack keys added since
+        cfg = with_todays_defaults(cfg, results["stage"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
-    return cfg, json.loads(results.read_text(encoding="utf-8"))
+    return cfg, results
 
 
 def _selected_checkpoint(run_dir: Path, results: dict) -> str | None:

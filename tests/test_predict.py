@@ -117,3 +117,20 @@ def test_other_checkpoints_last_ckpt_and_an_export_folder_that_lacks_the_head(ru
     assert refused.stderr.strip().splitlines()[-1] == (
         f"error: --checkpoint {encoder}: an export folder holds the masked LM only, and stage FinetuneModule has "
         "weights of its own (head); give a .ckpt file")
+
+
+def test_a_run_of_an_older_version_gets_todays_defaults_for_the_keys_it_lacks(run_dir, tmp_path):
+    from omegaconf import OmegaConf
+
+    from predict import _run_files
+
+    old = tmp_path / "old_run"
+    old.mkdir()
+    config = OmegaConf.load(run_dir / "config.yaml")
+    lacking = "dropout"  # as if stage.dropout had come after this run (stage=finetune)
+    del config.stage[lacking]
+    OmegaConf.save(config, old / "config.yaml")
+    (old / "results.json").write_text((run_dir / "results.json").read_text())
+    cfg, results = _run_files(old)
+    assert cfg.stage[lacking] == OmegaConf.load(run_dir / "config.yaml").stage[lacking]  # the default it ran with
+    assert cfg.data == OmegaConf.load(run_dir / "config.yaml").data and cfg.paths.output_dir == str(old)
