@@ -9,7 +9,6 @@ problems that tests/test_patterns_read.py rejects (doubled characters at the slo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,16 +16,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from datamodules.fewclue_rows import read_rows  # noqa: E402
 from datamodules.task_configs import load_task_specs  # noqa: E402
-from lightning_modules.patterns import allowed_fields, doubles_at_slot, reading_problems, slot_neighbours  # noqa: E402
+from lightning_modules.patterns import (  # noqa: E402
+    allowed_fields,
+    doubles_at_slot,
+    reading_problems,
+    slot_neighbours,
+)
 
 
 def example_fields(task, row_index: int) -> dict[str, str]:
+    """The fields of one training row as the datamodule reads them (cluewsc's spans and marked text, chid's left and
+    right of the slot), each cut to 40 characters."""
     fields = {name: f"[{name}]" for name in allowed_fields(task)}
     path = Path(os.environ.get("FEWCLUE_DIR", "data/fewclue")) / task.name / "train_0.json"
-    if path.is_file() and task.kind == "classification":
-        row = json.loads(path.read_text(encoding="utf-8-sig").splitlines()[row_index])
-        fields.update({name: str(row.get(name, fields[name]))[:40] for name in task.text_fields})
+    if path.is_file():
+        row = read_rows(task, path, labelled=True)[row_index]
+        fields.update({name: str(row.fields[name])[:40] for name in fields if name in row.fields})
     return fields
 
 
