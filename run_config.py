@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -25,10 +26,26 @@ def composed_today(overrides: list[str]) -> DictConfig:
 def with_todays_defaults(cfg: DictConfig, stage: str) -> DictConfig:
     """``cfg`` (a run's saved config of ``stage``) with the stage and data keys it lacks set to today's defaults;
     every key it has keeps the run's value."""
-    today = composed_today([f"stage={stage}", f"task={cfg.task.name}", "~tuned"])
-    filled = cfg.copy()
+    from hydra.errors import HydraException
+
+    try:  # the task does not matter here (and a data=files task has no conf/task file)
+        today = composed_today([f"stage={stage}", "~tuned"])
+    except HydraException:  # a stage this version does not know: nothing to fill from
+        return cfg
+    filled = copy.deepcopy(cfg)
     for section in FILLED_SECTIONS:
         # only the same class: a data=files run must not gain the FewCLUE datamodule's keys
         if section in cfg and today[section].get("_target_") == cfg[section].get("_target_"):
-            filled[section] = OmegaConf.merge(today[section], cfg[section])
+            _fill_missing(filled[section], today[section])
     return filled
+
+
+def _fill_missing(run: DictConfig, today: DictConfig) -> None:
+    """Add the keys of ``today`` that ``run`` lacks, at any depth; the task spec is the run's own, never filled
+    (today's default task is another task)."""
+    raw = OmegaConf.to_container(today, resolve=False)  # interpolations stay interpolations, resolved in the run
+    for key in today:
+        if key not in run:
+            run[key] = raw[key]
+        elif key != "task" and OmegaConf.is_dict(run[key]) and OmegaConf.is_dict(today[key]):
+            _fill_missing(run[key], today[key])
