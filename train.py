@@ -38,6 +38,7 @@ from datamodules.protocol import StageData
 from datamodules.task_spec import TaskSpec
 from errors import ConfigError, DataError, Interrupted, TrainingDiverged
 from lightning_modules.stage import StageModule
+from run_config import composed_today
 
 log = logging.getLogger("train")
 # Per-task settings of a stage, chosen on dev: conf/tuned/<task>_<stage>.yaml (conf/train.yaml, defaults).
@@ -403,12 +404,10 @@ def composition_error(argv: list[str]) -> str | None:
     None when they compose. Sweeps (-m) and Hydra's own flags are left to Hydra."""
     if any(arg.startswith("-") for arg in argv):
         return None
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
     try:
-        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"), version_base="1.3"):
-            compose(config_name="train", overrides=argv)
+        composed_today(argv)
     except HydraException as err:
         return one_line(str(err))
     return None

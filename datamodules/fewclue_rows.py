@@ -46,14 +46,15 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def mark_span(text: str, span: str, index: int, marks: tuple[str, str] = SPAN_MARKS) -> str:
-    """``text`` with ``span`` wrapped in ``marks`` at ``index`` (its first occurrence where the index does not hold it;
+def mark_span(text: str, span: str, index: int) -> str:
+    """``text`` with ``span`` wrapped in SPAN_MARKS at ``index`` (its first occurrence where the index does not hold it;
     unchanged where the text lacks it): which of several 他 the pronoun is, for a cloze that cannot see positions."""
     if text[index : index + len(span)] != span:
         index = text.find(span)
     if not span or index < 0:
         return text
-    return f"{text[:index]}{marks[0]}{span}{marks[1]}{text[index + len(span):]}"
+    opening, closing = SPAN_MARKS
+    return f"{text[:index]}{opening}{span}{closing}{text[index + len(span):]}"
 
 
 def _parse_row(task: TaskSpec, raw: dict, path: Path, line: int, labelled: bool, line_ids: bool = False) -> Row:
