@@ -32,12 +32,12 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from datamodules.epoch_shuffle import LengthOrder
-from datamodules.fewclue import TaskRowsDataModule
-from datamodules.fewclue_rows import FORMATS, Row, read_rows
-from datamodules.task_spec import TaskSpec
-from errors import ConfigError, DataError
-from lightning_modules.stage import StageModule
-from run_config import with_todays_defaults
+from datamodules.tasks.fewclue import TaskRowsDataModule
+from datamodules.tasks.rows import FORMATS, Row, read_rows
+from datamodules.tasks.task_spec import TaskSpec
+from datamodules.errors import ConfigError, DataError
+from lightning_modules.stages.base import StageModule
+from datamodules.runs.saved_config import with_todays_defaults
 from train import check_checkpoint, instantiate_with, vocabulary_texts
 
 ROOT = Path(__file__).resolve().parent

@@ -32,13 +32,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
-import ipet
+from callbacks import ipet
 from callbacks.leaderboard import LeaderboardWriter
 from datamodules.protocol import StageData
-from datamodules.task_spec import TaskSpec
-from errors import ConfigError, DataError, Interrupted, TrainingDiverged
-from lightning_modules.stage import StageModule
-from run_config import composed_today
+from datamodules.tasks.task_spec import TaskSpec
+from datamodules.errors import ConfigError, DataError, Interrupted, TrainingDiverged
+from lightning_modules.stages.base import StageModule
+from datamodules.runs.saved_config import composed_today
 
 log = logging.getLogger("train")
 # Per-task settings of a stage, chosen on dev: conf/tuned/<task>_<stage>.yaml (conf/train.yaml, defaults).

@@ -8,7 +8,7 @@ Both sides train the same Hugging Face ``BertForMaskedLM`` (same initial weights
 pre-collated batches, with the same loss (cross-entropy of the MLM head on the masked positions
 only, as ``MlmModule.mlm_loss`` computes it), AdamW, gradient clipping at 1.0 and the same precision:
 
-* trainer: ``lightning_modules.mlm.MlmModule`` (``stage=mlm``'s LightningModule) under ``Trainer``
+* trainer: ``lightning_modules.stages.mlm.MlmModule`` (``stage=mlm``'s LightningModule) under ``Trainer``
   with the strategy of ``conf/strategy/<name>.yaml`` (loader, forward, backward, optimizer, logging);
 * baseline: a plain loop ``loss.backward(); clip; opt.step(); opt.zero_grad()`` over the same model.
 
@@ -39,7 +39,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import BertConfig, BertForMaskedLM
 
-from lightning_modules.optim import parameter_groups
+from lightning_modules.scale.optim import parameter_groups
 
 SIZES = {
     # name: (layers, hidden, heads, seq_len, batch)

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from datamodules.protocol import TaskData
-from datamodules.teachers import TeacherEnsemble
+from datamodules.teachers.ensemble import TeacherEnsemble
 
 log = logging.getLogger(__name__)
 

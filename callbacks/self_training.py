@@ -21,8 +21,8 @@ import torch
 from lightning.pytorch import Callback, Trainer
 
 from datamodules.protocol import TaskData
-from errors import ConfigError
-from lightning_modules.stage import StageModule
+from datamodules.errors import ConfigError
+from lightning_modules.stages.base import StageModule
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import Callback, Trainer
 
 from datamodules.protocol import TaskData
-from lightning_modules.stage import StageModule
+from lightning_modules.stages.base import StageModule
 
 log = logging.getLogger(__name__)
 

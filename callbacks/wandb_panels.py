@@ -24,8 +24,8 @@ from hydra.types import RunMode
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_modules.masking import IGNORE
-from lightning_modules.stage import StepOutput
+from lightning_modules.knowledge.masking import IGNORE
+from lightning_modules.stages.base import StepOutput
 
 # W&B refuses longer group names; a sweep directory keeps its last characters.
 MAX_GROUP = 128

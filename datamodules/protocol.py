@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from datamodules.task_spec import TaskSpec
+from datamodules.tasks.task_spec import TaskSpec
 
 
 @runtime_checkable

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.alignment import AlignmentRules, align  # noqa: E402
-from datamodules.corpus import CorpusSource, read_corpus  # noqa: E402
-from datamodules.kg import KgSource, load_kg  # noqa: E402
+from datamodules.pretraining.alignment import AlignmentRules, align  # noqa: E402
+from datamodules.pretraining.corpus import CorpusSource, read_corpus  # noqa: E402
+from datamodules.pretraining.kg import KgSource, load_kg  # noqa: E402
 
 
 def gold_spans(path: Path) -> tuple[list[str], list[set[tuple[int, int]]]]:

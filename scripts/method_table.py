@@ -44,8 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datamodules.task_configs import load_task_specs
-from datamodules.task_spec import TaskSpec
+from datamodules.tasks.task_configs import load_task_specs
+from datamodules.tasks.task_spec import TaskSpec
 
 # Cheapest first (rows x classes x label-word lengths on 2 CPU cores).
 TASKS = ("eprstmt", "bustm", "ocnli", "csl", "cluewsc", "chid", "tnews", "iflytek", "csldcp")

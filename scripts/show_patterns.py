@@ -16,9 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datamodules.fewclue_rows import read_rows  # noqa: E402
-from datamodules.task_configs import load_task_specs  # noqa: E402
-from lightning_modules.patterns import (  # noqa: E402
+from datamodules.tasks.rows import read_rows  # noqa: E402
+from datamodules.tasks.task_configs import load_task_specs  # noqa: E402
+from lightning_modules.scoring.patterns import (  # noqa: E402
     allowed_fields,
     doubles_at_slot,
     reading_problems,

@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning_modules.verbalizer import POOLINGS, WORD_SCORES  # noqa: E402
+from lightning_modules.scoring.verbalizer import POOLINGS, WORD_SCORES  # noqa: E402
 from tests.conftest import TASKS, compose_config  # noqa: E402
 from train import build  # noqa: E402
 

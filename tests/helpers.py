@@ -38,7 +38,7 @@ def cli_environment(env: dict | None = None) -> dict:
     return {**inherited, "PYTHONPATH": str(ROOT), **(env or {})}
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600,
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 1800,
             test_defaults: bool = True) -> subprocess.CompletedProcess:
     """``python train.py <args>`` in a subprocess, as a user types it (plus ``TEST_DEFAULTS`` unless told not to)."""
     return subprocess.run(

@@ -25,7 +25,7 @@ def test_accumulated_gradients_equal_one_large_batch(strategy, make_config, fewc
                            f"trainer.accumulate_grad_batches={accumulate}", *EXACT], fewclue_with_test_public)
         _, trainer, module = fit_directly(cfg, keep_initial=True)
         assert trainer.global_step == 1
-        from lightning_modules.consolidate import full_state_dict
+        from lightning_modules.scale.consolidate import full_state_dict
 
         final = full_state_dict(module.encoder, trainer.strategy)
         return {k: final[k] - module.initial_state[k].cpu() for k in final}

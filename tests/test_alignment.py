@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.alignment import AlignmentRules, EntityMatcher, align, longest_non_overlapping
-from datamodules.corpus import CorpusSource, corpus_files, read_corpus, read_text_file, rejoin_spaced, split_long
-from datamodules.kg import KgSource, KnowledgeGraph, load_kg, read_spo
-from errors import DataError
+from datamodules.pretraining.alignment import AlignmentRules, EntityMatcher, align, longest_non_overlapping
+from datamodules.pretraining.corpus import CorpusSource, corpus_files, read_corpus, read_text_file, rejoin_spaced, split_long
+from datamodules.pretraining.kg import KgSource, KnowledgeGraph, load_kg, read_spo
+from datamodules.errors import DataError
 from tests.conftest import compose_config
 from train import instantiate_with
 
@@ -162,7 +162,7 @@ def test_datamodule_caches_the_alignment(tmp_path, monkeypatch):
     # 10 lines, 8 distinct sentences (the repeated one kept once); 1 of 8 aligned with 3 triples.
     assert first.stats["kg/sentences"] == 8 and first.stats["kg/aligned_pairs"] == 3
     assert len(first.train_sentences) + len(first.val_sentences) == 8 and len(first.val_sentences) == 1
-    monkeypatch.setattr("datamodules.pretraining.align", lambda *a, **k: pytest.fail("cache not used"))
+    monkeypatch.setattr("datamodules.pretraining.aligned_corpus.align", lambda *a, **k: pytest.fail("cache not used"))
     second = make()
     second.setup()
     assert second.stats == first.stats

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from errors import ConfigError
-from lightning_modules.backbones import transformer_layers
+from datamodules.errors import ConfigError
+from lightning_modules.encoders.backbones import transformer_layers
 from tests.helpers import tiny_bert
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.char_vocab import SPECIAL_TOKENS, build_char_vocab, char_tokenizer
+from lightning_modules.encoders.char_vocab import SPECIAL_TOKENS, build_char_vocab, char_tokenizer
 from tests.conftest import compose_config
 from tests.helpers import tiny_bert
 from train import instantiate_with

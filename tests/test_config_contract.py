@@ -10,8 +10,8 @@ import pytest
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from errors import ConfigError
-from lightning_modules.stage import StageModule
+from datamodules.errors import ConfigError
+from lightning_modules.stages.base import StageModule
 from tests.conftest import CONF
 from train import build, instantiate_all, instantiate_with
 
@@ -21,7 +21,7 @@ META_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "def
 INJECTED = {"masked_lm", "tokenizer", "params", "lr", "weight_decay", "task"}
 # Small value objects also built in Python (scripts, tests) keep their own defaults; conf/ may restate
 # them, and must then agree with them.
-VALUE_OBJECTS = {"datamodules.corpus.CorpusSource", "datamodules.kg.KgSource", "datamodules.alignment.AlignmentRules"}
+VALUE_OBJECTS = {"datamodules.pretraining.corpus.CorpusSource", "datamodules.pretraining.kg.KgSource", "datamodules.pretraining.alignment.AlignmentRules"}
 STAGES = ["finetune", "fuzzy_pet", "kgbert", "mlm", "entailment", "distill"]
 
 

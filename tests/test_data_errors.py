@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from datamodules.fewclue_rows import read_rows
-from errors import DataError
+from datamodules.tasks.rows import read_rows
+from datamodules.errors import DataError
 from tests.conftest import TASKS
 from tests.test_fewclue_rows import corrupt_line, eprstmt_copy, line_count, load_task  # noqa: F401 (fixture)
 

@@ -26,7 +26,7 @@ def test_ddp_sweep_runs_every_job_with_its_own_two_processes(tmp_path, shared_fe
         [sys.executable, str(ROOT / "train.py"), "-m", "strategy=ddp",
          "trainer.devices=2", "task=eprstmt,bustm", *TINY, f"data.data_dir={shared_fewclue}",
          f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=1200,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = {r["task"]: r for r in (json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json")))}

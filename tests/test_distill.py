@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from callbacks.pseudo_labels import select_by_class
-from datamodules.teachers import TeacherEnsemble
-from errors import ConfigError
-from lightning_modules.distill import distillation_loss
+from datamodules.teachers.ensemble import TeacherEnsemble
+from datamodules.errors import ConfigError
+from lightning_modules.stages.distill import distillation_loss
 from tests.helpers import read_jsonl, run_cli
 from train import build, run, train
 
@@ -150,7 +150,7 @@ def test_distill_refuses_a_task_without_unlabeled_data_in_one_line(tmp_path, sha
 
 
 def test_a_teacher_from_an_older_version_gets_todays_defaults_for_the_keys_it_lacks(teachers, tmp_path):
-    from ipet import generation_config
+    from callbacks.ipet import generation_config
 
     old = tmp_path / "old_teacher"
     old.mkdir()

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from errors import DataError
+from datamodules.errors import DataError
 from tests.conftest import datamodule_for
 
 

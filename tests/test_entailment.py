@@ -11,18 +11,18 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
-from datamodules.entailment import (
+from datamodules.pretraining.entailment import (
     BLANK,
     EntailmentPair,
     group_batches,
     pairs_for_row,
     task_weights,
 )
-from datamodules.fewclue_rows import read_rows
+from datamodules.tasks.rows import read_rows
 from datamodules.mlm_texts import MlmText
-from datamodules.task_configs import load_task_specs
-from lightning_modules.char_vocab import char_tokenizer
-from lightning_modules.entailment import row_decisions
+from datamodules.tasks.task_configs import load_task_specs
+from lightning_modules.encoders.char_vocab import char_tokenizer
+from lightning_modules.stages.entailment import row_decisions
 from tests.conftest import compose_config
 from tests.helpers import stage_module
 from train import instantiate_with, train

@@ -9,8 +9,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from datamodules.fewclue_rows import mark_span, read_rows
-from errors import DataError
+from datamodules.tasks.rows import mark_span, read_rows
+from datamodules.errors import DataError
 from tests.conftest import CONF, TASKS, datamodule_for
 
 

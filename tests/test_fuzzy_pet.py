@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from callbacks.self_training import select_balanced
-from errors import ConfigError
+from datamodules.errors import ConfigError
 from tests.conftest import TASKS
 from tests.helpers import read_jsonl
 from tests.test_train_finetune import OFFICIAL_LABELS

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datamodules.corpus import CorpusSource, read_corpus, row_texts
-from datamodules.fewclue_rows import Row, read_rows
-from datamodules.task_configs import load_task_specs
+from datamodules.pretraining.corpus import CorpusSource, read_corpus, row_texts
+from datamodules.tasks.rows import Row, read_rows
+from datamodules.tasks.task_configs import load_task_specs
 
 
 def test_a_labelled_chid_row_gives_the_text_either_side_of_the_blank():

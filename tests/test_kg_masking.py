@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.alignment import AlignmentRules, align, mention_bucket
-from datamodules.kg import KnowledgeGraph
-from datamodules.pretraining import AlignedDataset, PretrainRow
-from lightning_modules.char_vocab import char_tokenizer
-from lightning_modules.masking import (
+from datamodules.pretraining.alignment import AlignmentRules, align, mention_bucket
+from datamodules.pretraining.kg import KnowledgeGraph
+from datamodules.pretraining.aligned_corpus import AlignedDataset, PretrainRow
+from lightning_modules.encoders.char_vocab import char_tokenizer
+from lightning_modules.knowledge.masking import (
     IGNORE,
     choose_positions,
     joint_units,
@@ -77,7 +77,7 @@ def test_real_corpus_every_length_bucket_is_masked_whole_at_least_30_percent(tmp
     2,000-sentence sample (stratified by mention length), the stage's defaults, zh-mlm-small's tokenizer."""
     from transformers import AutoTokenizer
 
-    from datamodules.pretraining import MENTION_SAMPLE
+    from datamodules.pretraining.aligned_corpus import MENTION_SAMPLE
     from tests.conftest import compose_config
     from train import instantiate_with
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.kg import KnowledgeGraph
-from datamodules.negatives import corrupt, sample_negatives
-from lightning_modules.kg_heads import margin_loss
+from datamodules.pretraining.kg import KnowledgeGraph
+from datamodules.pretraining.negatives import corrupt, sample_negatives
+from lightning_modules.knowledge.heads import margin_loss
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRIPLES = [
@@ -77,9 +77,9 @@ def test_the_margin_leaves_padded_negatives_out():
 @pytest.mark.skipif(not (SHARED / "kg" / "HowNet.spo").is_file(), reason="../shared not found")
 def test_real_sentences_negatives_are_distinct_and_keep_which_names_occur(tmp_path):
     """2,000 sentences of the shared corpus aligned with HowNet + Medical, 3 negatives asked for each."""
-    from datamodules.alignment import AlignmentRules, align
-    from datamodules.corpus import CorpusSource, read_corpus
-    from datamodules.kg import KgSource, load_kg
+    from datamodules.pretraining.alignment import AlignmentRules, align
+    from datamodules.pretraining.corpus import CorpusSource, read_corpus
+    from datamodules.pretraining.kg import KgSource, load_kg
 
     sentences, _ = read_corpus(CorpusSource(files=[str(SHARED / "corpus")], fewclue_dir=str(SHARED / "fewclue")),
                                tmp_path)

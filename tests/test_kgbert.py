@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
-from datamodules.alignment import AlignmentRules, align
-from datamodules.kg import KnowledgeGraph
-from datamodules.pretraining import AlignedDataset
-from lightning_modules.char_vocab import char_tokenizer
-from lightning_modules.knowledge_fusion import GatedKnowledgeFusion, batch_graphs, load_fusion, sentence_graph
-from lightning_modules.masking import IGNORE, bio_tags, choose_positions, corrupt
+from datamodules.pretraining.alignment import AlignmentRules, align
+from datamodules.pretraining.kg import KnowledgeGraph
+from datamodules.pretraining.aligned_corpus import AlignedDataset
+from lightning_modules.encoders.char_vocab import char_tokenizer
+from lightning_modules.knowledge.fusion import GatedKnowledgeFusion, batch_graphs, load_fusion, sentence_graph
+from lightning_modules.knowledge.masking import IGNORE, bio_tags, choose_positions, corrupt
 from tests.conftest import compose_config
 from tests.helpers import stage_module
 from train import train
@@ -128,7 +128,7 @@ def test_every_kgbert_loss_is_finite_and_falls_when_overfitting_a_few_rows(kg_ro
     module = stage_module("kgbert", tiny_masked_lm(tokenizer, hidden=32), tokenizer, tmp_path / "run",
                           "stage.dropout=0.0", "stage.mask_prob=0.3")
     batch = module.collate(rows)  # fixed masks (mask_seed), so the same batch is fitted every step
-    # Negatives per row (datamodules.negatives): 2, 1 (咳嗽 类别 症状 is true), 2, 1 (the swap), 2; never repeated.
+    # Negatives per row (datamodules.pretraining.negatives): 2, 1 (咳嗽 类别 症状 is true), 2, 1 (the swap), 2; never repeated.
     assert batch["spo_mask"] is not None and batch["margin"]["groups"] == (5, 3)
     assert batch["margin"]["valid"].sum(1).tolist() == [2, 1, 2, 1, 2]
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.fewclue_rows import read_rows
+from datamodules.tasks.rows import read_rows
 from datamodules.protocol import TaskData
-from errors import ConfigError, DataError
+from datamodules.errors import ConfigError, DataError
 from tests.conftest import compose_config
 from tests.helpers import ROOT, read_jsonl, run_cli
 from train import instantiate_with
@@ -90,7 +90,7 @@ def test_predict_py_on_the_own_run_gives_its_prediction_file_without_line_ids(ow
     done, run_dir = own_run
     assert done.returncode == 0, done.stderr[-3000:]
     out = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(run_dir), "--input", str(DATA / "predict.jsonl")],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     written = read_jsonl(run_dir / "predictions" / "reviews_predict.json")
@@ -116,7 +116,7 @@ def test_bad_rows_in_own_files_stop_the_cli_naming_file_line_and_field(tmp_path)
 # -- the reader ------------------------------------------------------------------------------------------
 
 def test_csv_quotes_multiline_cells_line_ids_and_bad_cells(tmp_path):
-    from datamodules.task_configs import load_task_specs
+    from datamodules.tasks.task_configs import load_task_specs
 
     task = load_task_specs(["reviews"], EXAMPLE / "conf" / "task")[0]
     path = tmp_path / "rows.csv"

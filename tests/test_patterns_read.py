@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from datamodules.task_configs import load_task_specs
-from datamodules.task_spec import TaskSpec
-from lightning_modules.patterns import reading_problems, slot_neighbours
+from datamodules.tasks.task_configs import load_task_specs
+from datamodules.tasks.task_spec import TaskSpec
+from lightning_modules.scoring.patterns import reading_problems, slot_neighbours
 from tests.conftest import TASKS
 
 

@@ -22,7 +22,7 @@ NAMES = {"Positive": "正面", "Negative": "负面"}
 
 def predict_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "predict.py"), *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=300, env=cli_environment())
+                          capture_output=True, text=True, timeout=1200, env=cli_environment())
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from errors import DataError
+from datamodules.errors import DataError
 from tests.conftest import datamodule_for
 from tests.helpers import ROOT, cli_environment, run_cli, with_test_defaults
 from tests.test_strategies import clean_rank_environment, free_port  # noqa: F401 (autouse fixture)
@@ -105,7 +105,7 @@ def start(args: list[str], env: dict | None = None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 1200) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         assert process.poll() is None, process.communicate()[1][-3000:]
@@ -145,7 +145,7 @@ def test_a_signal_ends_the_run_honestly_and_resuming_gives_the_same_result(
     last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     wait_for(last / "latest" if strategy.startswith("zero") else last, stopped)
     stopped.send_signal(signum)
-    _, stderr = stopped.communicate(timeout=300)
+    _, stderr = stopped.communicate(timeout=1200)
     if stopped.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
     assert stopped.returncode == code, stderr[-3000:]

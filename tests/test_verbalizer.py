@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from errors import ConfigError
-from lightning_modules.patterns import PatternEncoder, parse_pattern, water_fill
-from lightning_modules.verbalizer import Verbalizer, class_log_probs, word_log_probs, word_logits
+from datamodules.errors import ConfigError
+from lightning_modules.scoring.patterns import PatternEncoder, parse_pattern, water_fill
+from lightning_modules.scoring.verbalizer import Verbalizer, class_log_probs, word_log_probs, word_logits
 
 
 def _log_softmax(row: list[float]) -> list[float]:

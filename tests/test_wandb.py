@@ -128,7 +128,7 @@ def test_a_run_logs_name_group_tags_config_and_a_capped_prediction_table(tmp_pat
     assert run.tags == ["task:eprstmt", "stage:fuzzy_pet", "verbalizer:fuzzy", "split:0"]
     # the resolved config (no interpolation left), beside the stage's hyperparameters
     assert run.config["data"]["split"] == 0 and run.config["task"]["name"] == "eprstmt"
-    assert run.config["stage"]["_target_"] == "lightning_modules.fuzzy_pet.FuzzyPetModule"
+    assert run.config["stage"]["_target_"] == "lightning_modules.stages.fuzzy_pet.FuzzyPetModule"
     ours = {key: value for key, value in run.config.items() if key != "_wandb"}  # (_wandb: W&B's own: chart specs)
     assert run.config["data"]["data_dir"] == str(shared_fewclue) and "${" not in json.dumps(ours)
 

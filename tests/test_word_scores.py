@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from errors import ConfigError
-from lightning_modules.verbalizer import adjusted_word_scores, pooled_class_log_probs
+from datamodules.errors import ConfigError
+from lightning_modules.scoring.verbalizer import adjusted_word_scores, pooled_class_log_probs
 from tests.test_fuzzy_pet import _module
 
 
