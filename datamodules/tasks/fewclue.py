@@ -8,6 +8,7 @@ on unlabeled.json) to the DataModule through ``connect``. It is a ``datamodules.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from datamodules.tasks.download import locate_task_dir, split_files
 from datamodules.tasks.rows import Row, read_rows
 from datamodules.mlm_texts import MlmText, mlm_loader
 from datamodules.tasks.task_spec import TaskSpec
+from datamodules.errors import ConfigError
 
 log = logging.getLogger(__name__)
+SPLITS = ("0", "1", "2", "3", "4")
 
 
 class TaskRowsDataModule(LightningDataModule):
@@ -35,15 +38,19 @@ class TaskRowsDataModule(LightningDataModule):
         num_workers: int,
         max_unlabeled: int | None,
         mlm_batch_size: int,
+        heldout_max: int,
         seed: int,
     ) -> None:
         super().__init__()
+        if isinstance(heldout_max, bool) or not isinstance(heldout_max, int) or heldout_max < 0:
+            raise ConfigError(f"data.heldout_max={heldout_max!r}; allowed: an integer >= 0 (0: no held-out estimate)")
         self.task = task
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.max_unlabeled = max_unlabeled
         self.mlm_batch_size = mlm_batch_size
+        self.heldout_max = heldout_max
         self.seed = seed
         self.collate_fn: Callable[[list[Row]], dict] | None = None
         self.collate_mlm: Callable[[list[MlmText]], dict] | None = None
@@ -54,6 +61,8 @@ class TaskRowsDataModule(LightningDataModule):
         # The labelled test set's name in results.json ("test_set"), when there is one.
         self.test_set: str | None = None
         self.predict_rows: list[Row] = []
+        # Labelled rows this run neither trains on nor selects with, scored as heldout/acc (``held_out``).
+        self.heldout_rows: list[Row] = []
         self.stats: dict = {}
         self._unlabeled_rows: list[Row] | None = None
 
@@ -68,6 +77,24 @@ class TaskRowsDataModule(LightningDataModule):
     @property
     def has_test_labels(self) -> bool:
         return self.test_rows is not None
+
+    def held_out(self, candidates: list[Row], source: str) -> list[Row]:
+        """At most ``heldout_max`` of ``candidates`` (drawn with the seed, kept in file order) whose text is
+        neither a training nor a dev text of this run, nor repeated among the candidates."""
+        seen = {self._text_of(row) for row in [*self.labelled_rows, *self.val_rows]}
+        kept = []
+        for row in candidates:
+            text = self._text_of(row)
+            if text not in seen:
+                seen.add(text)
+                kept.append(row)
+        if len(kept) > self.heldout_max:
+            chosen = random.Random(f"{self.seed}:heldout").sample(range(len(kept)), self.heldout_max)
+            kept = [kept[i] for i in sorted(chosen)]
+        self.stats.update({"data/heldout_rows": len(kept), "data/heldout_source": source})
+        if kept:
+            log.info("held-out estimate: %d labelled rows of %s (never trained on or selected with)", len(kept), source)
+        return kept
 
     @property
     def unlabeled_path(self) -> Path | None:
@@ -101,7 +128,7 @@ class TaskRowsDataModule(LightningDataModule):
 
     def texts(self) -> list[str]:
         """Every text of the task's files, for building a character vocabulary."""
-        rows = [*self.train_rows, *self.val_rows, *(self.test_rows or []), *self.predict_rows]
+        rows = [*self.train_rows, *self.val_rows, *(self.test_rows or []), *self.predict_rows, *self.heldout_rows]
         texts = [str(v) for row in rows for v in row.fields.values() if isinstance(v, str)]
         texts += [c for row in rows for c in row.fields.get("candidates", [])]
         return texts
@@ -159,9 +186,10 @@ class FewClueDataModule(TaskRowsDataModule):
         num_workers: int,
         max_unlabeled: int | None,
         mlm_batch_size: int,
+        heldout_max: int,
         seed: int,
     ) -> None:
-        super().__init__(task, batch_size, eval_batch_size, num_workers, max_unlabeled, mlm_batch_size, seed)
+        super().__init__(task, batch_size, eval_batch_size, num_workers, max_unlabeled, mlm_batch_size, heldout_max, seed)
         self.split = str(split)
         split_files(self.split)  # fails early on a bad split name
         self.data_dir = data_dir
@@ -186,6 +214,16 @@ class FewClueDataModule(TaskRowsDataModule):
         self.predict_rows = read_rows(self.task, self.task_dir / "test.json", labelled=False)
         self.stats = {"data/train_rows": len(self.train_rows), "data/val_rows": len(self.val_rows),
                       "data/test_rows": len(self.test_rows or []), "data/predict_rows": len(self.predict_rows)}
+        self.heldout_rows = self.held_out(*self._other_splits())
+
+    def _other_splits(self) -> tuple[list[Row], str]:
+        """The train and dev rows of the other four splits (none for split=all, which holds them all)."""
+        if self.split not in SPLITS or not self.heldout_max:
+            return [], "none"
+        others = [k for k in SPLITS if k != self.split]
+        rows = [row for k in others for name in split_files(k) if (self.task_dir / name).is_file()
+                for row in read_rows(self.task, self.task_dir / name, labelled=True)]
+        return rows, f"train/dev of splits {', '.join(others)}"
 
     @property
     def unlabeled_path(self) -> Path | None:

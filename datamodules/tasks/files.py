@@ -43,9 +43,10 @@ class FilesDataModule(TaskRowsDataModule):
         num_workers: int,
         max_unlabeled: int | None,
         mlm_batch_size: int,
+        heldout_max: int,
         seed: int,
     ) -> None:
-        super().__init__(task, batch_size, eval_batch_size, num_workers, max_unlabeled, mlm_batch_size, seed)
+        super().__init__(task, batch_size, eval_batch_size, num_workers, max_unlabeled, mlm_batch_size, heldout_max, seed)
         self.files = {key: _checked_file(key, value) for key, value in
                       (("train", train), ("dev", dev), ("test", test), ("predict", predict), ("unlabeled", unlabeled))}
         self.shots = _checked_count("shots", shots)
@@ -75,6 +76,9 @@ class FilesDataModule(TaskRowsDataModule):
         }
         if self.shots or self.dev_shots:
             self._write_ids(train, dev)
+        used = {id(row) for row in [*self.labelled_rows, *self.val_rows]}
+        left_out = [row for row in [*train, *dev] if id(row) not in used] if self.heldout_max else []
+        self.heldout_rows = self.held_out(left_out, "the labelled rows data.shots / data.dev_shots left out")
         self._count_line_ids({"train": self.train_rows, "dev": self.val_rows, "test": self.test_rows or [],
                               "predict": self.predict_rows})
         self._ready = True
