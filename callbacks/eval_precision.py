@@ -1,0 +1,106 @@
+"""Evaluation and prediction in bfloat16 on a CPU that has bf16 matrix units, training in float32.
+
+On a CPU with AVX512-BF16 or AMX, a forward pass with bf16 weights runs several times faster than in fp32
+(``torch.autocast`` on the CPU is no alternative: BERT's LayerNorm refuses its mixed dtypes). Training stays
+in float32 (the optimizer's master weights are never rounded): before each validation, test and prediction
+loop the weights are cast to bf16, and the float32 tensors are put back before anything else sees the
+module (Lightning runs checkpoint callbacks after all others, so ``best.ckpt`` holds float32 weights).
+
+``dtype: auto`` uses bf16 where the CPU has the units and the run trains in 32-bit on a CPU; ``float32``
+keeps every loop in float32; ``bfloat16`` forces bf16 evaluation (slow where the CPU lacks the units).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from datamodules.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("auto", "float32", "bfloat16")
+CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16_units() -> bool:
+    """True when the CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX)."""
+    detectors = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(detector is not None for detector in detectors):
+        return any(detector() for detector in detectors if detector is not None)
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.is_file() else []
+    return any(flag in flags for flag in CPU_FLAGS)
+
+
+def evaluation_dtype(dtype: str, trainer: Trainer) -> torch.dtype:
+    """The dtype evaluation runs in for ``dtype`` (see the module doc) on this trainer."""
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    on_cpu = trainer.strategy.root_device.type == "cpu"
+    full_precision = str(trainer.precision) in ("32-true", "32")
+    if dtype == "auto" and on_cpu and full_precision and cpu_has_bf16_units():
+        return torch.bfloat16
+    return torch.float32
+
+
+class EvalPrecision(Callback):
+    def __init__(self, dtype: str) -> None:
+        if dtype not in DTYPES:
+            raise ConfigError(f"callbacks.eval_precision.dtype={dtype!r}; allowed: {', '.join(DTYPES)}")
+        self.dtype = dtype
+        self.used: torch.dtype | None = None
+        self._float32: dict[str, torch.Tensor] = {}
+
+    def _lower(self, trainer: Trainer, module: LightningModule) -> None:
+        self.used = evaluation_dtype(self.dtype, trainer)
+        if self.used == torch.float32 or self._float32:
+            return
+        self._float32 = {name: tensor.data for name, tensor in _floating(module)}
+        for _, tensor in _floating(module):
+            tensor.data = tensor.data.to(self.used)
+
+    def _restore(self, trainer: Trainer, module: LightningModule) -> None:
+        if not self._float32:
+            return
+        for name, tensor in _floating(module):
+            tensor.data = self._float32[name]
+        self._float32 = {}
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._lower(trainer, pl_module)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore(trainer, pl_module)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._lower(trainer, pl_module)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore(trainer, pl_module)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._lower(trainer, pl_module)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore(trainer, pl_module)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore(trainer, pl_module)
+
+    @property
+    def precision_name(self) -> str | None:
+        """What evaluation ran in (results.json ``eval_precision``); None before any evaluation."""
+        return None if self.used is None else str(self.used).removeprefix("torch.")
+
+
+def _floating(module: torch.nn.Module):
+    """The module's floating-point parameters and buffers, by name (shared tensors once)."""
+    seen: set[int] = set()
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and id(tensor) not in seen:
+            seen.add(id(tensor))
+            yield name, tensor
