@@ -10,10 +10,12 @@ import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from datamodules.protocol import TaskData
+
 
 class LeaderboardWriter(BasePredictionWriter):
     """Collects the rows that ``predict_step`` returns and writes ``<output_dir>/<task.prediction_file>`` (the task's
-    FewCLUE ``submission_file``, else ``<task>_predict.json``)."""
+    FewCLUE ``submission_file``, else ``<task>_predict.json``); the task is the DataModule's (``TaskData.task``)."""
 
     def __init__(self, output_dir: str) -> None:
         super().__init__(write_interval="epoch")
@@ -29,10 +31,11 @@ class LeaderboardWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         # Batches come in length order (datamodules.epoch_shuffle.LengthOrder): write in test.json's order.
-        position = {json.dumps(row.id): i for i, row in enumerate(trainer.datamodule.predict_rows)}
+        datamodule: TaskData = trainer.datamodule
+        position = {json.dumps(row.id): i for i, row in enumerate(datamodule.predict_rows)}
         rows.sort(key=lambda row: position.get(json.dumps(row["id"]), len(position)))
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.output_dir / pl_module.task.prediction_file
+        self.path = self.output_dir / datamodule.task.prediction_file
         with self.path.open("w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")

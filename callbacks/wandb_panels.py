@@ -9,8 +9,8 @@ resolved config as the run's config.
 validation a table of dev predictions (``val/predictions``: id, text, gold, predicted, probability; the
 first ``max_rows`` dev rows in file order) and a confusion matrix over the whole dev set
 (``val/confusion_matrix``), and writes the run's project, group, name, id and directory into results.json
-(``wandb/*``), where ``report.py --wandb`` finds the group. Stages whose validation is not a task's dev
-rows (kgbert, mlm, entailment) get neither.
+(``wandb/*``), where ``report.py --wandb`` finds the group. Runs whose DataModule serves no one task (not a
+``datamodules.protocol.TaskData``: kgbert, mlm, entailment) get neither.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from datamodules.protocol import TaskData
 from lightning_modules.knowledge.masking import IGNORE
 from lightning_modules.stages.base import StepOutput
 
@@ -97,10 +98,11 @@ class WandbPanels(Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         seen = _gathered(self._seen, trainer.world_size)
         logger = self._logger(trainer)
-        rows = getattr(trainer.datamodule, "val_rows", None)
-        task = getattr(pl_module, "task", None)
-        if logger is None or not trainer.is_global_zero or trainer.sanity_checking or not seen or not rows or task is None:
+        datamodule = trainer.datamodule
+        if (logger is None or not trainer.is_global_zero or trainer.sanity_checking or not seen
+                or not isinstance(datamodule, TaskData) or not datamodule.val_rows):
             return
+        task, rows = datamodule.task, datamodule.val_rows
         import wandb
 
         by_id = {row.id: row for row in rows}

@@ -1,8 +1,13 @@
 """What train.py, the stages and the callbacks may use of a DataModule, as typed protocols.
 
 Every DataModule (FewCLUE tasks, entailment pairs, the KG-aligned corpus) is a ``StageData``;
-the ones that serve one task's labelled rows (``data=fewclue``) are also ``TaskData``, which
-self-training and Fuzzy-PET rely on.
+the ones that serve one task's labelled rows (``data=fewclue``, ``data=files``) are also ``TaskData``,
+which self-training, Fuzzy-PET and distillation rely on.
+
+Callbacks take what they need of a run from here (``trainer.datamodule``), never from the stage's
+attributes: the run's task (its name, classes, label names and leaderboard file name) is
+``TaskData.task``; a DataModule that is not a ``TaskData`` (the pretraining corpus, entailment pairs)
+serves no one task and has no ``predict_rows``.
 """
 
 from __future__ import annotations

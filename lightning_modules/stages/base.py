@@ -7,6 +7,20 @@ A stage implements
   (class log-probabilities, or predicted indices) against the targets,
 - and, where it writes a leaderboard file, ``predict(batch) -> list[dict]``.
 
+What the base assumes of a stage, all of it stated here:
+
+- Settings: the base saves the arguments the stage's ``__init__`` was called with as its hyperparameters (no call
+  in the stage), leaving out the live objects named in ``live_arguments`` (the base's ``masked_lm``,
+  ``tokenizer`` and ``optim``, plus the ones a stage adds, e.g. ``("task",)``), so that a checkpoint holds plain
+  values and reloads without Hydra: ``Stage.load_from_checkpoint(path, masked_lm=..., tokenizer=..., optim=...,
+  <the stage's own live objects>)``. Any other argument must be a plain value (None, bool, int, float, str, or
+  lists and dicts of them; a DictConfig is turned into one); anything else fails at construction, naming it.
+- Batch size: the rows in a batch are the leading dimension of its first tensor, looking depth-first through
+  dicts, lists and tuples in their order (``batch_size``); a stage whose batch starts with another tensor
+  overrides ``batch_size``.
+- Nothing outside the stage reads its attributes: callbacks take the run's task (name, classes, leaderboard file)
+  from the DataModule (``datamodules.protocol.TaskData.task``) and use only the methods and ``results`` below.
+
 The base owns the rest: the weighted sum of the losses (``stage.loss_weights``; logged as
 ``train/loss`` and each as ``train/loss_<name>``), ``val/acc`` and ``test/acc`` (one torchmetrics
 object per split), ``configure_optimizers`` from ``stage.optim``, the auxiliary masked-LM batches
@@ -17,9 +31,11 @@ dict that train.py and callbacks write into and that becomes results.json.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -38,8 +54,6 @@ from lightning_modules.scale.consolidate import full_state_dict
 from lightning_modules.knowledge.masking import IGNORE, mask_texts
 from lightning_modules.scale.optim import Optim
 
-# Constructor arguments that are live objects handed in by train.py, not settings to save with a checkpoint.
-INJECTED = ("masked_lm", "tokenizer", "optim", "task", "teachers")
 # Training losses and metrics are reported in results.json as the mean of this many last steps.
 FINAL_WINDOW = 10
 
@@ -79,13 +93,68 @@ def special_free_ids(tokenizer, vocab_size: int) -> torch.Tensor:
     return torch.tensor([i for i in range(vocab_size) if i not in special], dtype=torch.long)
 
 
+def plain_setting(value) -> bool:
+    """True for what a checkpoint may hold as a setting: None, bool, int, float, str, and lists and dicts of them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(plain_setting(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and plain_setting(v) for k, v in value.items())
+    return False
+
+
+def leading_dimension(batch) -> int | None:
+    """The leading dimension of the first tensor in ``batch`` (depth-first through mappings, lists and tuples, in
+    their order); None when it holds no tensor with a dimension."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else None
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        size = leading_dimension(value)
+        if size is not None:
+            return size
+    return None
+
+
+def _saving_settings(init):
+    """A stage's ``__init__`` that, when it is the constructor of the object being built (not a parent's called
+    through ``super().__init__``), then saves the arguments it was called with (``StageModule._save_settings``)."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def init_and_save(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        if type(self).__init__ is init_and_save:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            self._save_settings(signature, bound.arguments)
+
+    init_and_save.__signature__ = signature  # what Hydra, Lightning's load_from_checkpoint and the tests read
+    return init_and_save
+
+
 class StageModule(LightningModule):
+    # Constructor arguments that are live objects (a model, the tokenizer, the optimizer recipe, a TaskSpec, a teacher
+    # ensemble), not settings: left out of the saved hyperparameters, and given again to ``load_from_checkpoint``.
+    # A stage names only those it adds; the base's and every parent's count too (``live_argument_names``).
+    live_arguments: ClassVar[tuple[str, ...]] = ("masked_lm", "tokenizer", "optim")
     # The named losses a stage may return; stage.loss_weights may weigh these and no others.
     loss_names: ClassVar[tuple[str, ...]] = ()
     # The loss logged as val/loss and test/loss.
     eval_loss: ClassVar[str] = ""
     # Whether evaluating without training means something (cloze scoring does; a new head does not).
     zero_shot: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):
+            cls.__init__ = _saving_settings(cls.__init__)
+
+    @classmethod
+    def live_argument_names(cls) -> set[str]:
+        """The ``live_arguments`` of the class and all its parents."""
+        return {name for klass in cls.__mro__ for name in vars(klass).get("live_arguments", ())}
 
     def __init__(
         self,
@@ -144,7 +213,12 @@ class StageModule(LightningModule):
         return torch.cat(out) if out else torch.empty(0, 0)
 
     def batch_size(self, batch: dict) -> int:
-        return batch["size"]
+        """The number of rows in ``batch``: the leading dimension of its first tensor (``leading_dimension``)."""
+        size = leading_dimension(batch)
+        if size is None:
+            raise TypeError(f"{type(self).__name__}: its batch holds no tensor to count the rows of; collate one "
+                            "(e.g. the labels) or override batch_size")
+        return size
 
     def export_modules(self) -> dict[str, nn.Module]:
         """Modules saved beside the masked LM, by relative file name (``torch.save`` of their state_dict)."""
@@ -155,14 +229,28 @@ class StageModule(LightningModule):
         return {}
 
     # -- shared pieces ---------------------------------------------------------------------------
-    def save_settings(self) -> None:
-        """``save_hyperparameters`` of the calling stage's ``__init__`` arguments, the injected objects left out,
-        as plain containers (not Hydra's DictConfig), so that a checkpoint loads with ``weights_only``."""
-        self.save_hyperparameters(ignore=list(INJECTED), frame=inspect.currentframe().f_back)
-        for store in (self._hparams, self._hparams_initial):
-            for key, value in store.items():
-                if isinstance(value, (DictConfig, ListConfig)):
-                    store[key] = OmegaConf.to_container(value, resolve=True)
+    def _save_settings(self, signature: inspect.Signature, arguments: dict) -> None:
+        """``save_hyperparameters`` of the constructor's arguments less the live ones, as plain containers (not
+        Hydra's DictConfig), so that a checkpoint loads with ``weights_only``."""
+        live = self.live_argument_names()
+        settings = {}
+        for name, value in arguments.items():
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                raise TypeError(f"{type(self).__name__}.__init__ takes *{name}: settings must be named arguments")
+            for key, item in (value.items() if kind is inspect.Parameter.VAR_KEYWORD else [(name, value)]):
+                if key == "self" or key in live:
+                    continue
+                if isinstance(item, (DictConfig, ListConfig)):
+                    item = OmegaConf.to_container(item, resolve=True)
+                if not plain_setting(item):
+                    raise TypeError(
+                        f"{type(self).__name__}.__init__ argument {key!r} is a {type(item).__name__}, not a plain "
+                        f"setting: name it in {type(self).__name__}.live_arguments (a live object, left out of the "
+                        "checkpoint) or pass a plain value"
+                    )
+                settings[key] = item
+        self.save_hyperparameters(settings)
 
     def _check_weights(self, weights: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(weights) - set(self.loss_names))
@@ -201,7 +289,7 @@ class StageModule(LightningModule):
             self.tokenizer, [t.text for t in texts], [[] for _ in texts], [t.mask_seed for t in texts],
             self.random_ids, max_length, mask_prob, 0.0,
         )
-        return {"inputs": masked.inputs, "labels": masked.labels, "size": len(texts)}
+        return {"inputs": masked.inputs, "labels": masked.labels}
 
     def collate_mlm(self, texts: list[MlmText]) -> dict:
         """Batches of the auxiliary masked-LM loader; a stage that trains on unlabeled text defines it."""

@@ -38,6 +38,7 @@ def distillation_loss(log_probs: torch.Tensor, soft: torch.Tensor, is_soft: torc
 
 
 class DistillModule(FinetuneModule):
+    live_arguments = ("teachers",)
     loss_names = ("distill",)
     eval_loss = "distill"
 

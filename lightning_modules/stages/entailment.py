@@ -54,7 +54,6 @@ class EntailmentModule(StageModule):
         export_dir: str | None,
     ) -> None:
         super().__init__(masked_lm, tokenizer, optim, 2, loss_weights, export_dir)
-        self.save_settings()
         self.max_length = max_length
         self.mlm_max_length = mlm_max_length
         self.mask_prob = mask_prob
@@ -67,7 +66,7 @@ class EntailmentModule(StageModule):
             max_length=self.max_length, padding=True, return_tensors="pt",
         )
         return {"inputs": dict(encoding), "labels": torch.tensor([r.label for r in rows]),
-                "groups": torch.tensor([r.group for r in rows]), "size": len(rows)}
+                "groups": torch.tensor([r.group for r in rows])}
 
     @property
     def wants_mlm_batches(self) -> bool:

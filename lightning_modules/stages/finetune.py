@@ -27,6 +27,7 @@ def _span_start(text: str, span: str, index: int) -> int:
 
 
 class FinetuneModule(StageModule):
+    live_arguments = ("task",)
     loss_names = ("cls",)
     eval_loss = "cls"
 
@@ -42,7 +43,6 @@ class FinetuneModule(StageModule):
         # The MLM head is left out: it would be a trained-nowhere parameter set (and break DDP).
         super().__init__(masked_lm.base_model, tokenizer, optim, task.num_classes, loss_weights={self.eval_loss: 1.0},
                          export_dir=None)
-        self.save_settings()
         self.task = task
         self.max_length = max_length
         hidden = self.backbone.config.hidden_size
@@ -120,9 +120,6 @@ class FinetuneModule(StageModule):
     def step(self, batch: dict) -> StepOutput:
         log_probs = self.class_log_probs(batch)
         return StepOutput({"cls": F.nll_loss(log_probs, batch["labels"])}, log_probs, targets=batch["labels"])
-
-    def batch_size(self, batch: dict) -> int:
-        return len(batch["ids"])
 
     def predict(self, batch: dict) -> list[dict]:
         return submission_rows(self.task, batch["ids"], self.class_log_probs(batch).argmax(-1).tolist())

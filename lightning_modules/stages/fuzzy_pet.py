@@ -48,6 +48,7 @@ SLOTS = ("exact", "longest")
 
 
 class FuzzyPetModule(StageModule):
+    live_arguments = ("task",)
     loss_names = ("cloze", "mlm")
     eval_loss = "cloze"
     zero_shot = True
@@ -75,7 +76,6 @@ class FuzzyPetModule(StageModule):
         # PET's auxiliary loss: (1 - w) * cloze + w * mlm.
         weights = {"cloze": 1.0 - mlm_weight, "mlm": mlm_weight}
         super().__init__(masked_lm, tokenizer, optim, task.num_classes, loss_weights=weights, export_dir=None)
-        self.save_settings()
         if aggregation not in AGGREGATIONS:
             raise ConfigError(f"stage.aggregation={aggregation!r}; allowed: {list(AGGREGATIONS)}")
         if word_score not in WORD_SCORES:
@@ -278,9 +278,6 @@ class FuzzyPetModule(StageModule):
             return {}
         return {f"acc_{name}": (self.set_log_probs(scores, s).argmax(-1) == labels)[labelled].float().mean()
                 for s, name in enumerate(self.set_names)}
-
-    def batch_size(self, batch: dict) -> int:
-        return len(batch["ids"])
 
     def predict(self, batch: dict) -> list[dict]:
         return submission_rows(self.task, batch["ids"], self.class_log_probs(batch).argmax(-1).tolist())

@@ -82,7 +82,6 @@ class KgBertModule(StageModule):
     ) -> None:
         vocab_size = masked_lm.get_input_embeddings().num_embeddings
         super().__init__(masked_lm, tokenizer, optim, vocab_size, loss_weights, export_dir)
-        self.save_settings()
         if not 0.0 <= spo_text_mask_prob <= 1.0:
             raise ConfigError(f"stage.spo_text_mask_prob={spo_text_mask_prob}; allowed: [0, 1]")
         hidden = masked_lm.config.hidden_size
@@ -109,7 +108,6 @@ class KgBertModule(StageModule):
         )
         length = masked.labels.shape[1]
         batch = {
-            "size": len(rows),
             "inputs": masked.inputs,
             "labels": masked.labels,
             "mention_tokens": masked.mention_tokens(),

@@ -69,7 +69,6 @@ class MlmModule(StageModule):
     ) -> None:
         vocab_size = masked_lm.get_input_embeddings().num_embeddings
         super().__init__(masked_lm, tokenizer, optim, vocab_size, loss_weights, export_dir)
-        self.save_settings()
         self.max_length = max_length
         self.mask_prob = mask_prob
         self.span_prob = mention_mask_prob if whole_word_mentions else 0.0
@@ -82,8 +81,7 @@ class MlmModule(StageModule):
             self.tokenizer, [r.text for r in rows], [r.mentions for r in rows], [r.mask_seed for r in rows],
             self.random_ids, self.max_length, self.mask_prob, span_prob,
         )
-        return {"inputs": masked.inputs, "labels": masked.labels, "mention_tokens": masked.mention_tokens(),
-                "size": len(rows)}
+        return {"inputs": masked.inputs, "labels": masked.labels, "mention_tokens": masked.mention_tokens()}
 
     def step(self, batch: dict) -> StepOutput:
         loss, predicted, targets = self.mlm_loss(self.encode(batch["inputs"]), batch["labels"])
