@@ -239,7 +239,7 @@ def test_auxiliary_mlm_loss_is_weighted_into_the_training_loss(make_config):
     assert set(loader) == {"main", "mlm"} and len(loader["mlm"]) == len(loader["main"])
     main = module.collate(datamodule.train_rows[:4])
     aux = next(iter(loader["mlm"]))
-    assert aux["size"] == 8 and (aux["labels"] != -100).any()  # data.mlm_batch_size texts, some masked
+    assert module.batch_size(aux) == 8 and (aux["labels"] != -100).any()  # data.mlm_batch_size texts, some masked
     module.log = lambda *args, **kwargs: None  # no trainer to log to
     with torch.no_grad():
         total = module.training_step({"main": main, "mlm": aux}, 0)
