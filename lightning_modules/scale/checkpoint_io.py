@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,17 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes ``<path>.tmp`` and renames it over ``<path>`` (a rename within a folder is atomic on POSIX)."""
+    """Writes ``<path>.tmp`` and renames it over ``<path>`` (a rename within a folder is atomic on POSIX);
+    ``seconds_writing`` adds up the time spent writing (callbacks/phase_times.py reports it)."""
+
+    seconds_writing = 0.0
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        started = time.perf_counter()
+        self._write(checkpoint, path, storage_options)
+        self.seconds_writing += time.perf_counter() - started
+
+    def _write(self, checkpoint: dict[str, Any], path, storage_options: Any | None) -> None:
         target = Path(path)
         partial = target.with_name(target.name + ".tmp")
         super().save_checkpoint(checkpoint, partial, storage_options)
