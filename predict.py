@@ -1,7 +1,7 @@
 """Predict with a trained run: ``python predict.py RUN_DIR --input FILE [--output FILE]``.
 
 Rebuilds the run's model from its resolved ``config.yaml`` (the same config groups train.py
-instantiates), loads the checkpoint that run selected on dev (results.json ``checkpoint``), or a
+instantiates), loads the checkpoint that run selected on dev (results.json ``checkpoint``, inside the run folder), or a
 ``--checkpoint`` file, or an export folder, and writes one JSON line per input row, in input order:
 the row's id (when the row has one), ``label`` (the official label), ``label_name`` and ``probs``
 (class -> probability, summing to 1, from the stage's ``class_log_probs``).
@@ -37,6 +37,7 @@ from datamodules.tasks.rows import FORMATS, Row, read_rows
 from datamodules.tasks.task_spec import TaskSpec
 from datamodules.errors import ConfigError, DataError
 from lightning_modules.stages.base import StageModule
+from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, RunFolder
 from datamodules.runs.saved_config import with_todays_defaults
 from train import check_checkpoint, instantiate_with, vocabulary_texts
 
@@ -56,11 +57,11 @@ class Predictor:
     @classmethod
     def load(cls, run_dir: str | Path, checkpoint: str | None = None, device: str = "auto") -> Predictor:
         run_dir = Path(run_dir)
-        cfg, results = _run_files(run_dir)
+        cfg, folder = _run_files(run_dir)
         task = instantiate_with(cfg.task)
         if task.kind != "multiple_choice" and not task.labels:
             raise ConfigError(f"{run_dir}: task {task.name} has no labels to predict")
-        source = checkpoint or _selected_checkpoint(run_dir, results)
+        source = checkpoint or _selected_checkpoint(folder)
         export = source is not None and Path(source).is_dir() and (Path(source) / "config.json").is_file()
         if export:
             # An export folder (save_pretrained) holds the masked LM and its tokenizer: build model=hf on it.
@@ -123,34 +124,31 @@ class Predictor:
         return torch.autocast(self.device.type, enabled=False)
 
 
-def _run_files(run_dir: Path) -> tuple[DictConfig, dict]:
+def _run_files(run_dir: Path) -> tuple[DictConfig, RunFolder]:
     """The run's resolved config.yaml and its results.json (both written by train.py when the run ended)."""
-    config, results_file = run_dir / "config.yaml", run_dir / "results.json"
+    folder = RunFolder(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
-    if not config.is_file() or not results_file.is_file():
-        raise ConfigError(f"{run_dir}: not a finished train.py run (config.yaml and results.json are written when a "
-                          "run ends)")
-    results = json.loads(results_file.read_text(encoding="utf-8"))
-    cfg = OmegaConf.load(config)
-    if results.get("stage"):  # a run of an older version may lack keys added since
-        cfg = with_todays_defaults(cfg, results["stage"])
+    if not folder.results_file.is_file() or not folder.config_path.is_file():
+        raise ConfigError(f"{run_dir}: not a finished train.py run ({CONFIG_FILE} and {RESULTS_FILE} are written "
+                          "when a run ends)")
+    cfg = OmegaConf.load(folder.config_path)
+    if folder.results.stage:  # a run of an older version may lack keys added since
+        cfg = with_todays_defaults(cfg, folder.results.stage)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
-    return cfg, results
+    return cfg, folder
 
 
-def _selected_checkpoint(run_dir: Path, results: dict) -> str | None:
-    """results.json's checkpoint (moved along with the run directory when it was moved); None for a zero-shot run."""
-    recorded = results.get("checkpoint")
-    if recorded:
-        path = Path(recorded)
-        if not path.exists() and (run_dir / "checkpoints" / path.name).exists():
-            path = run_dir / "checkpoints" / path.name
-        return str(path)
+def _selected_checkpoint(folder: RunFolder) -> str | None:
+    """The checkpoint the run selected on dev, inside the run folder (wherever the folder was copied or moved);
+    else its export folder; None for a zero-shot run."""
+    run_dir, results = folder.path, folder.results
+    if folder.checkpoint_path is not None:
+        return str(folder.checkpoint_path)
     if (run_dir / "export" / "config.json").is_file():
         return str(run_dir / "export")
-    if results.get("zero_shot"):
+    if results.zero_shot:
         return None
     raise ConfigError(f"{run_dir}: results.json names no checkpoint (the run had keep_checkpoints=false?); "
                       "give --checkpoint FILE or an export folder")
@@ -158,8 +156,8 @@ def _selected_checkpoint(run_dir: Path, results: dict) -> str | None:
 
 def _run_tokenizer(run_dir: Path, cfg: DictConfig, task: TaskSpec, backbone):
     """The tokenizer the run trained with: saved in the run (tokenizer/), else rebuilt from the run's data."""
-    if (run_dir / "tokenizer").is_dir():
-        return AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    if RunFolder(run_dir).tokenizer_dir.is_dir():
+        return AutoTokenizer.from_pretrained(RunFolder(run_dir).tokenizer_dir)
     datamodule = instantiate_with(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("predict")

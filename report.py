@@ -33,6 +33,9 @@ from pathlib import Path
 
 import yaml
 
+from datamodules.errors import ConfigError
+from datamodules.runs.results import RESULTS_FILE, RunFolder
+
 SPLITS = ("0", "1", "2", "3", "4")
 # The multi board's six predictions per task: splits 0-4 and few_all.
 MULTI_SPLITS = (*SPLITS, "all")
@@ -46,9 +49,18 @@ LOCATIONS = ("paths.", "hydra.", "logger.")
 
 @dataclass
 class Run:
-    path: Path
-    results: dict
+    folder: RunFolder
+    results: dict  # results.json's keys (datamodules/runs/results.py), its paths resolved in ``folder``
     variant: str
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @property
+    def predictions(self) -> Path | None:
+        """The run's own leaderboard file, in its folder (a copied sweep zips the copy's files)."""
+        return self.folder.predictions_path
 
     @property
     def split(self) -> str:
@@ -93,12 +105,13 @@ def _overrides(run_dir: Path) -> dict[str, str]:
 def collect(sweep_dir: Path) -> list[Run]:
     """Every results.json below ``sweep_dir``; a run's variant is the overrides that vary between runs."""
     found = []
-    for path in sorted(sweep_dir.rglob("results.json")):
+    for path in sorted(sweep_dir.rglob(RESULTS_FILE)):
+        folder = RunFolder(path.parent)
         try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"error: {path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-        found.append((path.parent, results, _overrides(path.parent)))
+            results = folder.results.to_dict()
+        except ConfigError as err:
+            raise SystemExit(f"error: {err}") from None
+        found.append((folder, results, _overrides(path.parent)))
     keys = {k for _, _, o in found for k in o}
     varying = sorted(k for k in keys if len({o.get(k) for _, _, o in found}) > 1)
     return [Run(d, r, " ".join(f"{k}={o[k]}" for k in varying if k in o)) for d, r, o in found]
@@ -253,22 +266,21 @@ def submission_zip(runs: list[Run], path: Path, board: str = "single") -> list[s
     resources/fewclue_submit_examples/: ``eprstmt_predict.json``, ``chidf_predict.json``, ...) or multi (one per
     task and split, as in resources/fewclue_m_submit_examples/: ``eprstmt_predict_0.json`` ...
     ``chidf_predict_all.json``). Refuses (exit 2) a prediction file that misses rows of test.json."""
-    with_files = [r for r in runs if r.results.get("predictions") and Path(r.results["predictions"]).is_file()]
+    with_files = [r for r in runs if r.predictions is not None and r.predictions.is_file()]
     if board == "single":
-        files = {Path(run.results["predictions"]).name: run for run in single_board(with_files).values()}
+        files = {run.predictions.name: run for run in single_board(with_files).values()}
     else:
-        files = {f"{Path(run.results['predictions']).stem}_{split}.json": run
-                 for (_, split), run in multi_board(with_files).items()}
+        files = {f"{run.predictions.stem}_{split}.json": run for (_, split), run in multi_board(with_files).items()}
     for name, run in files.items():
         expected = run.results.get("data/predict_rows")
-        written = sum(1 for line in Path(run.results["predictions"]).open(encoding="utf-8") if line.strip())
+        written = sum(1 for line in run.predictions.open(encoding="utf-8") if line.strip())
         if expected is not None and written != expected:
-            print(f"error: task {run.results['task']}: {run.results['predictions']} has {written} rows, test.json "
+            print(f"error: task {run.results['task']}: {run.predictions} has {written} rows, test.json "
                   f"{expected} (was the run limited with trainer.limit_predict_batches?); no zip written", file=sys.stderr)
             sys.exit(2)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, run in sorted(files.items()):
-            archive.write(run.results["predictions"], arcname=name)
+            archive.write(run.predictions, arcname=name)
     return sorted(files)
 
 

@@ -7,7 +7,6 @@ loggers, trainer, each instantiated from its config group;
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -36,9 +35,11 @@ from callbacks import ipet
 from callbacks.leaderboard import LeaderboardWriter
 from datamodules.protocol import StageData
 from datamodules.tasks.task_spec import TaskSpec
+from datamodules.teachers.ensemble import TeacherEnsemble
 from datamodules.errors import ConfigError, DataError, Interrupted, TrainingDiverged
 from lightning_modules.stages.base import StageModule
 from datamodules.runs.saved_config import composed_today
+from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, TOKENIZER_DIR, RunResults
 
 log = logging.getLogger("train")
 # Per-task settings of a stage, chosen on dev: conf/tuned/<task>_<stage>.yaml (conf/train.yaml, defaults).
@@ -177,8 +178,20 @@ def vocabulary_texts(datamodule: StageData, task: TaskSpec) -> list[str]:
     return [*datamodule.texts(), *task.patterns, *task.label_words(), *task.descriptions.values()]
 
 
+def derive_teachers(cfg: DictConfig) -> None:
+    """stage=distill's ``stage.teachers``: the ensemble of ``distill.teachers``, ``distill.weighting`` and
+    ``distill.temperature``. Those user-facing keys are its settings' one place (iPET reads them too); built here
+    rather than written in conf/stage/distill.yaml, stage.teachers cannot be overridden apart from them."""
+    if "distill" not in cfg:
+        return
+    with open_dict(cfg):
+        cfg.stage.teachers = {"_target_": f"{TeacherEnsemble.__module__}.{TeacherEnsemble.__name__}",
+                              **{key: f"${{distill.{key}}}" for key in ("teachers", "weighting", "temperature")}}
+
+
 def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Run:
     """Everything a run needs, data first: bad data stops the run before a model is built."""
+    derive_teachers(cfg)
     check_config(cfg)
     if tuned := tuned_file():
         log.info("per-task settings from %s (chosen on dev; ~tuned leaves them out)", tuned)
@@ -219,7 +232,7 @@ def run(r: Run, extra_results: dict | None = None) -> dict[str, Any]:
         close_loggers(r.loggers, failed)
 
     output_dir = Path(cfg.paths.output_dir)
-    results = {
+    results = RunResults.from_dict({
         "stage": choice("stage"),
         "task": r.task.name,
         "split": str(cfg.data.split) if "split" in cfg.data else None,  # data=files has no split
@@ -231,7 +244,7 @@ def run(r: Run, extra_results: dict | None = None) -> dict[str, Any]:
         "test_set": datamodule.test_set if test_acc is not None else None,
         "predictions": prediction_file(r.callbacks),
         "checkpoint": best if cfg.keep_checkpoints else None,
-        "config": str(output_dir / "config.yaml"),
+        "config": str(output_dir / CONFIG_FILE),
         "global_step": trainer.global_step,
         # Evaluated and predicted without a training step (stage=fuzzy_pet trainer.max_epochs=0: the untrained cloze).
         "zero_shot": trainer.global_step == 0,
@@ -239,36 +252,31 @@ def run(r: Run, extra_results: dict | None = None) -> dict[str, Any]:
         **datamodule.stats,
         **module.results,
         **(extra_results or {}),
-    }
+    }).to_dict()
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-        module.tokenizer.save_pretrained(output_dir / "tokenizer")  # predict.py rebuilds the model with it
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        OmegaConf.save(cfg, output_dir / CONFIG_FILE, resolve=True)
+        module.tokenizer.save_pretrained(output_dir / TOKENIZER_DIR)  # predict.py rebuilds the model with it
+        # The one writer: every path stored relative to the run folder (datamodules/runs/results.py).
+        RunResults.from_dict(results).write(output_dir)
         if best and not cfg.keep_checkpoints:
             shutil.rmtree(Path(best).parent, ignore_errors=True)
         summary = f"val/acc: {_fmt(val_acc)}  test/acc: {_fmt(test_acc, 'n/a (no labelled test set: test_public.json, data.test)')}"
-        log.info("%s -> %s", summary, output_dir / "results.json")
+        log.info("%s -> %s", summary, output_dir / RESULTS_FILE)
         print(summary)
-        for line in comparisons(cfg, r, results):
+        for line in comparisons(r):
             print(line)
     return results
 
 
-def comparisons(cfg: DictConfig, r: Run, results: dict) -> list[str]:
-    """What val/acc means: the dev set's majority-class share, and the README's measured baseline (``reference``)
-    when this run is of its task, split and encoder with another stage."""
+def comparisons(r: Run) -> list[str]:
+    """What val/acc compares with: chance, the share of the majority class among the labelled dev rows (the rows
+    val/acc is measured on)."""
     labels = [row.label for row in getattr(r.datamodule, "val_rows", []) if row.label is not None]
-    lines = []
-    if labels:
-        majority = max(labels.count(label) for label in set(labels)) / len(labels)
-        lines.append(f"chance (majority class of dev): {majority:.4f}")
-    ref = cfg.get("reference")
-    pretrained = Path(str(results.get("pretrained") or "")).name
-    if ref and (ref.task, str(ref.split), ref.encoder) == (r.task.name, results["split"], pretrained) and (
-            results["stage"] != ref.stage):
-        lines.append(f"{ref.stage} with the same encoder: val/acc {ref.val_acc:.4f} ({ref.source})")
-    return lines
+    if not labels:
+        return []
+    majority = max(labels.count(label) for label in set(labels)) / len(labels)
+    return [f"chance (the majority class's share of the {len(labels)} labelled dev rows): {majority:.4f}"]
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -382,13 +390,21 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(128 + err.signum)
 
 
+# Keys a user may type for settings that live under another key: the hint names it.
+KEYS_LIVING_ELSEWHERE = {
+    "stage.lr": "the learning rate and weight decay are stage.optim.lr / stage.optim.weight_decay",
+    "stage.weight_decay": "the learning rate and weight decay are stage.optim.lr / stage.optim.weight_decay",
+    "self_training.": "self-training's settings are callbacks.self_training.*",
+    "stage.teachers": "the teachers' settings are distill.teachers / distill.weighting / distill.temperature",
+}
+
+
 def one_line(message: str) -> str:
     """Hydra's composition message in one line: the key (and the allowed options) without the search path."""
     message = message.split("Config search path")[0]
     key = re.search(r"Could not override '([^']+)'", message)
     if key:
-        hint = "; the learning rate and weight decay are stage.optim.lr / stage.optim.weight_decay" if key.group(1) in (
-            "stage.lr", "stage.weight_decay") else ""
+        hint = next((f"; {where}" for prefix, where in KEYS_LIVING_ELSEWHERE.items() if key.group(1).startswith(prefix)), "")
         return f"{key.group(1)} is not a key of this configuration (to add one anyway: +{key.group(1)}=...){hint}"
     head, _, options = message.partition("Available options in")
     lines = [line.strip() for line in head.split("\n") if line.strip() and not line.strip().startswith(("full_key", "object_type"))]

@@ -10,7 +10,6 @@ results.json (``generation``, ``ipet_teachers``).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.pseudo_labels import PseudoLabels
 from datamodules.teachers.ensemble import TeacherEnsemble, run_dirs
 from datamodules.errors import ConfigError
+from datamodules.runs.results import RunFolder
 from datamodules.runs.saved_config import with_todays_defaults
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,13 @@ log = logging.getLogger(__name__)
 
 def generation_config(teacher: Path, output_dir: Path) -> DictConfig:
     """The teacher's own resolved config, writing into ``output_dir``, self-training off, checkpoints dropped."""
-    results = json.loads((teacher / "results.json").read_text(encoding="utf-8"))
-    source = Path(results.get("config") or teacher / "config.yaml")
-    if not source.is_file():
-        source = teacher / "config.yaml"
+    folder = RunFolder(teacher)
+    source = folder.config_path  # inside the teacher's folder, wherever it was copied
     if not source.is_file():
         raise ConfigError(f"distill.generations: teacher {teacher} has no config.yaml to retrain it from")
     old_dir = str(OmegaConf.load(source).paths.output_dir)
     cfg = OmegaConf.create(source.read_text(encoding="utf-8").replace(old_dir, str(output_dir)))
-    cfg = with_todays_defaults(cfg, results.get("stage") or "fuzzy_pet")  # a teacher run by an older version
+    cfg = with_todays_defaults(cfg, folder.results.stage or "fuzzy_pet")  # a teacher run by an older version
     cfg.paths.output_dir = str(output_dir)
     cfg.ckpt_path = None
     cfg.keep_checkpoints = False
@@ -65,9 +63,9 @@ def run_generations(cfg: DictConfig, train_one: Callable[[DictConfig, list, dict
             output_dir = Path(cfg.paths.output_dir) / "ipet" / f"g{generation}" / str(i)
             run_cfg = generation_config(Path(teacher), output_dir)
             log.info("iPET generation %d, run %d: %s retrained with rows labelled by %s", generation, i, teacher, chosen)
-            parent = json.loads((Path(teacher) / "results.json").read_text(encoding="utf-8"))
+            parent = RunFolder(teacher).results
             train_one(run_cfg, [PseudoLabels(ensemble, int(distill.growth) ** generation)],
-                      {"stage": parent.get("stage"), "model": parent.get("model"), "generation": generation,
+                      {"stage": parent.stage, "model": parent.model, "generation": generation,
                        "ipet_teachers": chosen, "ipet_parent": teacher})
             next_dirs.append(str(output_dir))
         current = next_dirs

@@ -14,7 +14,7 @@ run it in the background, read the table whenever). Methods, all with the shared
 - ``fuzzy``: ``experiment=fuzzy_pet_zh_mlm_small`` (every set pooled); every method runs with ``~tuned`` (the stage's
   own defaults) except
 - ``fuzzy_tuned``: ``fuzzy`` with ``conf/tuned/<task>_fuzzy_pet.yaml`` (what the default command runs; tasks with one);
-- ``fuzzy_st``: ``fuzzy`` + ``self_training.rounds=1`` (tasks with unlabeled.json);
+- ``fuzzy_st``: ``fuzzy`` + ``callbacks.self_training.rounds=1`` (tasks with unlabeled.json);
 - ``distill``: ``stage=distill`` with the cell's ``fuzzy`` and ``pet_*`` runs as teachers (tasks with unlabeled.json);
 - ``fuzzy_mean``, ``fuzzy_cal``, ``fuzzy_cal_sets``, ``fuzzy_cal_init``: ``fuzzy`` with ``stage.word_score=mean``,
   ``calibrated``, ``calibrated`` + ``stage.pooling=sets``, and ``calibrated_initial`` (the scoring options whose
@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from datamodules.runs.results import RESULTS_FILE, RunFolder
 from datamodules.tasks.task_configs import load_task_specs
 from datamodules.tasks.task_spec import TaskSpec
 
@@ -71,7 +72,7 @@ class Cell:
         return out / self.method / self.task / self.split
 
     def done(self, out: Path) -> bool:
-        return (self.run_dir(out) / "results.json").is_file()
+        return RunFolder.is_run(self.run_dir(out))
 
 
 # Fuzzy-PET with other word scores / pooling (stage.word_score, stage.pooling); fuzzy is sum/words.
@@ -146,7 +147,7 @@ def overrides(cell: Cell, out: Path) -> list[str]:
         encoder = os.environ.get("ZH_MLM_SMALL", str(ROOT.parent / "shared" / "encoders" / "zh-mlm-small"))
         return ["stage=distill", "model=hf", f"model.pretrained={encoder}", *task,
                 f"distill.teachers=[{','.join(str(t) for t in teachers)}]"]
-    extra = {"fuzzy": [], "fuzzy_tuned": [], "fuzzy_st": ["self_training.rounds=1"], "fuzzy_longest": ["stage.slots=longest"],
+    extra = {"fuzzy": [], "fuzzy_tuned": [], "fuzzy_st": ["callbacks.self_training.rounds=1"], "fuzzy_longest": ["stage.slots=longest"],
              **SCORING}.get(cell.method)
     if extra is None:  # pet_<set>
         extra = [f"verbalizer={cell.method.removeprefix('pet_')}"]
@@ -196,9 +197,9 @@ def run_queue(cells: list[Cell], out: Path) -> int:
 def collect(out: Path) -> dict[tuple[str, str], dict[str, float]]:
     """(method, task) -> {split: dev accuracy}."""
     found: dict[tuple[str, str], dict[str, float]] = {}
-    for path in sorted(out.glob("*/*/*/results.json")):
+    for path in sorted(out.glob(f"*/*/*/{RESULTS_FILE}")):
         method, task, split = path.parts[-4:-1]
-        acc = json.loads(path.read_text(encoding="utf-8")).get("val/acc")
+        acc = RunFolder(path.parent).results.val_acc
         if acc is not None:
             found.setdefault((method, task), {})[split] = 100 * acc
     return found

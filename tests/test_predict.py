@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.runs.results import RunFolder
 from tests.conftest import fewclue_dir
 from tests.helpers import ROOT, cli_environment, read_jsonl, run_cli
 
@@ -65,8 +66,7 @@ def test_dev_rows_score_the_runs_val_acc(run_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     predicted = [json.loads(line) for line in done.stdout.splitlines()]
     correct = sum(p["label"] == row["label"] for p, row in zip(predicted, dev))
-    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    assert len(predicted) == 32 and correct / 32 == results["val/acc"]
+    assert len(predicted) == 32 and correct / 32 == RunFolder(run_dir).results.val_acc
 
 
 def test_csv_on_stdin_and_text_agree_with_json_lines_ids_only_where_given(run_dir, tmp_path):
@@ -131,6 +131,6 @@ def test_a_run_of_an_older_version_gets_todays_defaults_for_the_keys_it_lacks(ru
     del config.stage[lacking]
     OmegaConf.save(config, old / "config.yaml")
     (old / "results.json").write_text((run_dir / "results.json").read_text())
-    cfg, results = _run_files(old)
+    cfg, folder = _run_files(old)
     assert cfg.stage[lacking] == OmegaConf.load(run_dir / "config.yaml").stage[lacking]  # the default it ran with
     assert cfg.data == OmegaConf.load(run_dir / "config.yaml").data and cfg.paths.output_dir == str(old)

@@ -19,6 +19,7 @@ import torch
 
 from datamodules.tasks.rows import Row
 from datamodules.errors import ConfigError
+from datamodules.runs.results import RESULTS_FILE, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,10 @@ def run_dirs(teachers: str | list[str]) -> list[Path]:
     found: list[Path] = []
     for entry in given:
         path = Path(str(entry)).expanduser()
-        if (path / "results.json").is_file():
+        if RunFolder.is_run(path):
             found.append(path)
         elif path.is_dir():
-            runs = sorted({p.parent for p in path.rglob("results.json")}, key=lambda p: str(p))
+            runs = sorted({p.parent for p in path.rglob(RESULTS_FILE)}, key=lambda p: str(p))
             if not runs:
                 raise ConfigError(f"distill.teachers: {path} holds no run (no results.json under it)")
             found += runs
@@ -64,23 +65,18 @@ def run_dirs(teachers: str | list[str]) -> list[Path]:
 
 
 def load_teacher(run_dir: Path) -> Teacher:
-    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    path = results.get("unlabeled_probs")
-    if "unlabeled_probs" in results and not path:
-        raise ConfigError(f"distill.teachers: {run_dir} (task {results.get('task')}) has no unlabeled rows: "
+    folder = RunFolder(run_dir)
+    results = folder.results
+    path = folder.unlabeled_probs_path  # inside the teacher's folder, wherever it was copied
+    if "unlabeled_probs" in results.to_dict() and not results.unlabeled_probs:
+        raise ConfigError(f"distill.teachers: {run_dir} (task {results.task}) has no unlabeled rows: "
                           "stage=distill needs a task with unlabeled data")
-    if not path:
-        raise ConfigError(
-            f"distill.teachers: {run_dir} has no unlabeled_probs in results.json (a stage=fuzzy_pet run of a task "
-            "with unlabeled.json writes them)"
-        )
-    path = Path(path) if Path(path).is_file() else run_dir / Path(path).name  # a run dir moved as a whole
     if not path.is_file():
-        raise ConfigError(f"distill.teachers: {path} (named by {run_dir}/results.json) does not exist")
+        raise ConfigError(f"distill.teachers: {path} (of {run_dir}) does not exist")
     saved = torch.load(path, weights_only=True)
-    val_acc = results.get("val/acc")
+    val_acc = results.val_acc
     return Teacher(run_dir, float(val_acc) if val_acc is not None else 0.0, str(saved["task"]), str(saved["split"]),
-                   list(saved["ids"]), saved["probs"].clamp_min(1e-12).log(), int(results.get("generation") or 0))
+                   list(saved["ids"]), saved["probs"].clamp_min(1e-12).log(), int(results.generation or 0))
 
 
 class TeacherEnsemble:
