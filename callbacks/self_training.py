@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 class SelfTraining(Callback):
     def __init__(self, rounds: int, epochs_per_round: int, threshold: float, per_class: int, batch_size: int) -> None:
         if rounds < 0 or epochs_per_round < 1:
-            raise ConfigError(f"self_training.rounds={rounds}, epochs_per_round={epochs_per_round}; need rounds >= 0, epochs_per_round >= 1")
+            raise ConfigError(f"callbacks.self_training.rounds={rounds}, epochs_per_round={epochs_per_round}; "
+                              "need rounds >= 0, epochs_per_round >= 1")
         if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"self_training.threshold={threshold}; allowed: 0..1")
+            raise ConfigError(f"callbacks.self_training.threshold={threshold}; allowed: 0..1")
         self.rounds = rounds
         self.epochs_per_round = epochs_per_round
         self.threshold = threshold
@@ -46,7 +47,7 @@ class SelfTraining(Callback):
             return
         if trainer.reload_dataloaders_every_n_epochs != 1:
             raise ConfigError(
-                f"self_training.rounds={self.rounds} needs trainer.reload_dataloaders_every_n_epochs=1 (the training "
+                f"callbacks.self_training.rounds={self.rounds} needs trainer.reload_dataloaders_every_n_epochs=1 (the training "
                 f"rows change between epochs); it is {trainer.reload_dataloaders_every_n_epochs}"
             )
         datamodule: TaskData = trainer.datamodule

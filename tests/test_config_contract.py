@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from datamodules.errors import ConfigError
 from lightning_modules.stages.base import StageModule
 from tests.conftest import CONF
-from train import build, instantiate_all, instantiate_with
+from train import build, derive_teachers, instantiate_all, instantiate_with
 
 OUR_PACKAGES = ("lightning_modules.", "datamodules.", "callbacks.")
 META_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
@@ -68,6 +68,7 @@ def test_every_key_is_an_argument_and_every_default_is_stated_once(path):
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_stage_derives_from_the_one_base_and_takes_only_what_it_uses(stage, make_config):
     cfg = make_config([f"stage={stage}"])
+    derive_teachers(cfg)  # stage=distill's teachers, built from distill.* as build() does
     target = get_object(cfg.stage._target_)
     assert issubclass(target, StageModule)
     parameters = set(inspect.signature(target).parameters)
@@ -96,14 +97,26 @@ def test_tiny_model_has_no_checkpoint_key(make_config):
 
 def test_callbacks_none_means_none_also_for_a_stage_that_adds_one(make_config):
     names = {type(c).__name__ for c in instantiate_all(make_config(["stage=fuzzy_pet"]).callbacks)}
-    assert names == {"ModelCheckpoint", "RngState", "LeaderboardWriter", "TQDMProgressBar", "LossScaleMonitor",
-                     "SelfTraining", "UnlabeledProbs"}
+    default = {type(c).__name__ for c in instantiate_all(make_config(["stage=finetune"]).callbacks)}
+    assert names - default == {"SelfTraining", "UnlabeledProbs"} and default <= names
     assert instantiate_all(make_config(["stage=fuzzy_pet", "callbacks=none"]).get("callbacks")) == []
 
 
-def test_self_training_has_one_cap_data_max_unlabeled(make_config):
+def test_self_training_has_one_key_and_one_cap_data_max_unlabeled(make_config):
     cfg = make_config(["stage=fuzzy_pet"])
-    assert "max_unlabeled" not in cfg.self_training and cfg.data.max_unlabeled == 2000
+    assert "self_training" not in cfg and "max_unlabeled" not in cfg.callbacks.self_training
+    assert cfg.data.max_unlabeled == 2000 == make_config(["stage=finetune"]).data.max_unlabeled
+    stage_files = [p.name for p in (CONF / "stage").glob("*.yaml") if "max_unlabeled" in OmegaConf.load(p).get("data", {})]
+    assert stage_files == []  # stated in conf/data only, so that data.max_unlabeled=N reaches every use
+
+
+def test_distill_settings_have_one_place_the_user_facing_distill_keys(make_config, tmp_path):
+    cfg = make_config(["stage=distill", f"distill.teachers={tmp_path}", "distill.temperature=1.5"])
+    assert "teachers" not in cfg.stage  # stage.teachers cannot be overridden apart from distill.*
+    derive_teachers(cfg)
+    assert OmegaConf.to_container(cfg.stage.teachers, resolve=True) == {
+        "_target_": "datamodules.teachers.ensemble.TeacherEnsemble", "teachers": str(tmp_path), "weighting": "dev_acc",
+        "temperature": 1.5}
 
 
 def test_one_place_for_the_fewclue_folder():

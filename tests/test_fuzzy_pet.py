@@ -198,8 +198,8 @@ def test_each_task_trains_tests_on_test_public_and_writes_its_leaderboard_file(
 def test_self_training_keeps_pseudo_labels_and_reports_them(make_config):
     cfg = make_config([
         "stage=fuzzy_pet", "task=eprstmt", "trainer.max_epochs=2", "data.batch_size=16", "trainer.limit_predict_batches=1",
-        "self_training.rounds=1", "self_training.epochs_per_round=1", "data.max_unlabeled=64",
-        "self_training.threshold=0.0", "self_training.per_class=8",
+        "callbacks.self_training.rounds=1", "callbacks.self_training.epochs_per_round=1", "data.max_unlabeled=64",
+        "callbacks.self_training.threshold=0.0", "callbacks.self_training.per_class=8",
     ])
     results = train(cfg)
     (entry,) = results["self_training"]
@@ -224,7 +224,7 @@ def test_unlabeled_rows_never_repeat_an_evaluated_text(make_config):
 
 def test_task_without_unlabeled_data_says_so_and_skips(make_config, caplog, capsys):
     cfg = make_config(["stage=fuzzy_pet", "task=ocnli", "trainer.max_steps=2", "trainer.limit_predict_batches=1",
-                       "self_training.rounds=2"])
+                       "callbacks.self_training.rounds=2"])
     with caplog.at_level(logging.WARNING):
         results = train(cfg)
     assert "task ocnli has no unlabeled data; self-training skipped" in capsys.readouterr().out

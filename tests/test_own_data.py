@@ -53,8 +53,8 @@ def own_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
         SEARCHPATH, "task=reviews", "data=files", "stage=fuzzy_pet", f"hydra.run.dir={run_dir}",
         f"data.train={DATA / 'train.csv'}", f"data.dev={DATA / 'dev.jsonl'}", f"data.test={DATA / 'test.csv'}",
         f"data.predict={DATA / 'predict.jsonl'}", f"data.unlabeled={DATA / 'unlabeled.tsv'}", "data.shots=4",
-        "trainer.max_epochs=2", "self_training.rounds=1", "self_training.epochs_per_round=1",
-        "self_training.threshold=0.0", "logger=none",
+        "trainer.max_epochs=2", "callbacks.self_training.rounds=1", "callbacks.self_training.epochs_per_round=1",
+        "callbacks.self_training.threshold=0.0", "logger=none",
     ], cwd=work)
     return done, run_dir
 

@@ -42,7 +42,7 @@ def one_error_line(done: subprocess.CompletedProcess, prefix: str = "error:") ->
         (["model=hf", "model.pretrained=../no/encoder"], "or train a small model from scratch with model=tiny"),
         (["model=hf", "model.pretrained=/no/such/checkpoint"], "model.pretrained=/no/such/checkpoint: no Hugging Face checkpoint"),
         (["model.attn_implementation=flash"], "model.attn_implementation='flash'; allowed: ['sdpa', 'eager']"),
-        (["stage=fuzzy_pet", "self_training.threshold=2"], "self_training.threshold=2; allowed: 0..1"),
+        (["stage=fuzzy_pet", "callbacks.self_training.threshold=2"], "callbacks.self_training.threshold=2; allowed: 0..1"),
         (["task=nope"], "allowed in 'task': bustm, chid, cluewsc"),
         (["trainer.max_epochs=0"], "would evaluate and predict with untrained weights"),
         (["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt: no such file"),
