@@ -36,7 +36,7 @@ class PseudoLabels(Callback):
         classes = soft.shape[1] if len(kept) else datamodule.task.num_classes
         prior = torch.bincount(torch.tensor([row.label for row in labelled]), minlength=classes).float()
         wanted = (prior / prior.sum() * self.count_per_labelled * len(labelled)).round().long()
-        chosen = select_by_class(soft, wanted.tolist())
+        chosen = most_confident_by_class(soft, wanted.tolist())
         rows = [replace(unlabeled[kept[i]], label=c) for i, c in chosen]
         datamodule.set_pseudo_labelled(rows)
         self.kept_per_class = [sum(1 for _, k in chosen if k == c) for c in range(classes)]
@@ -44,8 +44,9 @@ class PseudoLabels(Callback):
         log.info("iPET: %d labelled + %d pseudo-labelled rows (per class %s)", len(labelled), len(rows), self.kept_per_class)
 
 
-def select_by_class(probs: torch.Tensor, wanted: list[int]) -> list[tuple[int, int]]:
-    """(row, class) pairs: for each class c, the ``wanted[c]`` rows predicted as c with the highest probability."""
+def most_confident_by_class(probs: torch.Tensor, wanted: list[int]) -> list[tuple[int, int]]:
+    """(row, class) pairs: for each class c, the ``wanted[c]`` rows predicted as c with the highest probability
+    (a class with fewer such rows gives all it has). iPET's and self-training's one selection rule."""
     confidence, predicted = probs.max(-1) if len(probs) else (torch.empty(0), torch.empty(0, dtype=torch.long))
     chosen = []
     for c, count in enumerate(wanted):

@@ -20,6 +20,7 @@ from dataclasses import replace
 import torch
 from lightning.pytorch import Callback, Trainer
 
+from callbacks.pseudo_labels import most_confident_by_class
 from datamodules.protocol import TaskData
 from datamodules.errors import ConfigError
 from lightning_modules.stages.base import StageModule
@@ -96,13 +97,9 @@ def select_balanced(probs: torch.Tensor, threshold: float, per_class: int) -> tu
     ``per_class``, so one rare class never empties the round (a class with fewer predicted rows than k gives all
     it has). Also their confidences. Nothing is kept only when no row reaches the threshold."""
     confidence, predicted = probs.max(-1)
-    ranked = []
-    for c in range(probs.shape[1]):
-        rows = (predicted == c).nonzero().flatten()
-        ranked.append(rows[confidence[rows].argsort(descending=True)])
-    above = max(int((confidence[rows] >= threshold).sum()) for rows in ranked)
-    keep = min(per_class, above)
-    kept = [(int(i), c) for c, rows in enumerate(ranked) for i in rows[:keep]]
+    classes = probs.shape[1]
+    above = max(int(((predicted == c) & (confidence >= threshold)).sum()) for c in range(classes))
+    kept = most_confident_by_class(probs, [min(per_class, above)] * classes)
     values = torch.tensor([float(confidence[i]) for i, _ in kept])
     return kept, values
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from callbacks.pseudo_labels import select_by_class
+from callbacks.pseudo_labels import most_confident_by_class
 from datamodules.teachers.ensemble import TeacherEnsemble
 from datamodules.errors import ConfigError
 from lightning_modules.stages.distill import distillation_loss
@@ -79,7 +79,7 @@ def test_ensemble_refusals_name_the_problem(tmp_path):
 
 def test_select_by_class_takes_each_classs_most_confident_rows():
     probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.95, 0.05], [0.45, 0.55]])
-    assert select_by_class(probs, [2, 3]) == [(3, 0), (0, 0), (2, 1), (4, 1)]
+    assert most_confident_by_class(probs, [2, 3]) == [(3, 0), (0, 0), (2, 1), (4, 1)]
 
 
 FAST = ["trainer.max_epochs=1", "data.batch_size=16", "trainer.limit_predict_batches=1", "data.max_unlabeled=24"]
