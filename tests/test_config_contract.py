@@ -17,8 +17,6 @@ from train import build, derive_teachers, instantiate_all, instantiate_with
 
 OUR_PACKAGES = ("lightning_modules.", "datamodules.", "callbacks.")
 META_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"}
-# Arguments train.py (or configure_optimizers) hands in, never written in YAML.
-INJECTED = {"masked_lm", "tokenizer", "params", "lr", "weight_decay", "task"}
 # Small value objects also built in Python (scripts, tests) keep their own defaults; conf/ may restate
 # them, and must then agree with them.
 VALUE_OBJECTS = {"datamodules.pretraining.corpus.CorpusSource", "datamodules.pretraining.kg.KgSource", "datamodules.pretraining.alignment.AlignmentRules"}
@@ -74,6 +72,11 @@ def test_every_stage_derives_from_the_one_base_and_takes_only_what_it_uses(stage
     parameters = set(inspect.signature(target).parameters)
     given = {k for k in cfg.stage if k not in META_KEYS} | {"masked_lm", "tokenizer"}
     assert parameters == given, (stage, parameters ^ given)
+    # What train.py hands in and what the YAML builds into objects (a _target_) are the live arguments, left out
+    # of the saved settings; every other argument is a setting.
+    built = {k for k in given - {"masked_lm", "tokenizer"}
+             if isinstance(cfg.stage[k], DictConfig) and "_target_" in cfg.stage[k]}
+    assert target.live_argument_names() == built | {"masked_lm", "tokenizer"}, stage
     assert "lr" not in cfg.stage and "scheduler" not in cfg.stage  # one place: stage.optim
     assert set(cfg.stage.optim) >= {"lr", "weight_decay", "optimizer", "scheduler", "warmup_ratio"}
 
