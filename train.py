@@ -21,7 +21,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from hydra.core.hydra_config import HydraConfig
@@ -37,6 +36,7 @@ from datamodules.protocol import StageData
 from datamodules.tasks.task_spec import TaskSpec
 from datamodules.teachers.ensemble import TeacherEnsemble
 from datamodules.errors import ConfigError, DataError, Interrupted, TrainingDiverged
+from lightning_modules.scale.devices import on_gpu
 from lightning_modules.stages.base import StageModule
 from datamodules.runs.saved_config import composed_today
 from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, TOKENIZER_DIR, RunResults
@@ -61,9 +61,7 @@ class Run:
 def check_config(cfg: DictConfig) -> None:
     """Stop before anything heavy is built when a value cannot work, naming the key and what is allowed."""
     precision = str(cfg.trainer.get("precision"))
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    if precision in ("16-mixed", "16", "16-true") and not on_gpu:
+    if precision in ("16-mixed", "16", "16-true") and not on_gpu(cfg.trainer.get("accelerator", "auto")):
         raise ConfigError(
             f"precision={precision} needs a CUDA GPU (fp16 autocast with loss scaling); this run is on CPU. "
             "Allowed here: precision=32-true or precision=bf16-mixed"

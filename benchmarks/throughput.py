@@ -39,6 +39,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import BertConfig, BertForMaskedLM
 
+from lightning_modules.scale.devices import on_gpu
 from lightning_modules.scale.optim import parameter_groups
 
 SIZES = {
@@ -101,7 +102,7 @@ def make_batches(n: int, batch: int, seq: int, vocab: int, mask_id: int, seed: i
 
 # -- the two sides -----------------------------------------------------------------------------------
 def synced_time() -> float:
-    if torch.cuda.is_available():
+    if on_gpu():
         torch.cuda.synchronize()
     return time.perf_counter()
 
@@ -212,7 +213,7 @@ def flops_per_token(model: BertForMaskedLM, seq: int) -> float:
 def peak_flops(args) -> float | None:
     if args.peak_flops:
         return args.peak_flops
-    if not torch.cuda.is_available():
+    if not on_gpu():
         return None
     name = torch.cuda.get_device_name()
     return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
@@ -224,9 +225,9 @@ def main(argv=None) -> dict:
 
     *_, seq, batch = SIZES[args.size]
     seq, batch = args.seq_len or seq, args.batch_size or batch
-    on_gpu = torch.cuda.is_available()
-    device = torch.device("cuda" if on_gpu else "cpu")
-    if args.precision == "16-mixed" and not on_gpu:
+    gpu = on_gpu()
+    device = torch.device("cuda" if gpu else "cpu")
+    if args.precision == "16-mixed" and not gpu:
         raise SystemExit("--precision 16-mixed needs a CUDA GPU; allowed on CPU: 32-true, bf16-mixed")
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
@@ -238,12 +239,12 @@ def main(argv=None) -> dict:
     batches = make_batches(args.warmup + args.steps, batch, seq, len(tokenizer), tokenizer.mask_token_id, args.seed)
     lr = 1e-4
 
-    if on_gpu:
+    if gpu:
         torch.cuda.reset_peak_memory_stats()
     baseline = Baseline(args, baseline_model, batches, device, lr)
     module = build_module(args.stage, model, tokenizer, lr)
-    trainer_steps, baseline_steps = time_trainer(args, module, batches, "gpu" if on_gpu else "cpu", baseline)
-    peak_mem = torch.cuda.max_memory_allocated() if on_gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    trainer_steps, baseline_steps = time_trainer(args, module, batches, "gpu" if gpu else "cpu", baseline)
+    peak_mem = torch.cuda.max_memory_allocated() if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     tokens = batch * seq
     trainer_median = statistics.median(trainer_steps)
@@ -252,7 +253,7 @@ def main(argv=None) -> dict:
         "stage": args.stage, "strategy": args.strategy, "precision": args.precision, "size": args.size,
         "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size, "seq_len": seq,
         "batch_size": batch, "parameters": sum(p.numel() for p in baseline_model.parameters()),
-        "device": torch.cuda.get_device_name() if on_gpu else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)",
         "timed_steps": len(trainer_steps),
         "step_s_median": round(trainer_median, 5),
         "baseline_step_s_median": round(baseline_median, 5),
@@ -262,7 +263,7 @@ def main(argv=None) -> dict:
         "baseline_tokens_per_s": round(tokens / baseline_median, 1),
         "ratio": round(baseline_median / trainer_median, 4),
         "peak_mem_bytes": int(peak_mem),
-        "peak_mem_kind": "torch.cuda.max_memory_allocated (both loops)" if on_gpu else "process peak RSS (both loops)",
+        "peak_mem_kind": "torch.cuda.max_memory_allocated (both loops)" if gpu else "process peak RSS (both loops)",
         "activation_checkpointing": args.activation_checkpointing, "compile": args.compile, "attn": args.attn,
     }
     peak = peak_flops(args)
