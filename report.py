@@ -34,9 +34,10 @@ from pathlib import Path
 import yaml
 
 from datamodules.errors import ConfigError
+from datamodules.tasks.task_configs import FEWCLUE_SPLITS
 from datamodules.runs.results import RESULTS_FILE, RunFolder
 
-SPLITS = ("0", "1", "2", "3", "4")
+SPLITS = FEWCLUE_SPLITS
 # The multi board's six predictions per task: splits 0-4 and few_all.
 MULTI_SPLITS = (*SPLITS, "all")
 ZIPS = {"single": "fewclue_submission.zip", "multi": "fewclue_multi_submission.zip"}

@@ -45,12 +45,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datamodules.runs.results import RESULTS_FILE, RunFolder
-from datamodules.tasks.task_configs import load_task_specs
+from datamodules.tasks.task_configs import FEWCLUE_SPLITS, FEWCLUE_TASKS, load_task_specs
 from datamodules.tasks.task_spec import TaskSpec
 
-# Cheapest first (rows x classes x label-word lengths on 2 CPU cores).
-TASKS = ("eprstmt", "bustm", "ocnli", "csl", "cluewsc", "chid", "tnews", "iflytek", "csldcp")
-SPLITS = ("0", "1", "2", "3", "4")
+# Cheapest first.
+TASKS, SPLITS = FEWCLUE_TASKS, FEWCLUE_SPLITS
 # FewCLUE's tasks with unlabeled rows (cluewsc's unlabeled.json is empty; csl, ocnli, csldcp and iflytek have none).
 WITH_UNLABELED = ("eprstmt", "bustm", "chid", "tnews")
 # Fine-tuning epochs: the experiment's 20 on the 32-row tasks, fewer where a split has hundreds of rows.

@@ -12,6 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from datamodules.tasks.task_configs import FEWCLUE_TASKS
 from tests.helpers import with_test_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ for variable, folder in {"FEWCLUE_DIR": "fewclue", "KG_DIR": "kg", "CORPUS_DIR":
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-TASKS = ["eprstmt", "bustm", "ocnli", "csldcp", "tnews", "iflytek", "chid", "csl", "cluewsc"]
+TASKS = list(FEWCLUE_TASKS)  # the tests parametrize over it
 
 
 def fewclue_dir() -> Path:

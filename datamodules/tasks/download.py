@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from datamodules.errors import DataError
+from datamodules.tasks.task_configs import FEWCLUE_SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,9 @@ def split_files(split: str) -> tuple[str, str]:
     split = str(split)
     if split == "all":
         return "train_few_all.json", "dev_few_all.json"
-    if split in {"0", "1", "2", "3", "4"}:
+    if split in FEWCLUE_SPLITS:
         return f"train_{split}.json", f"dev_{split}.json"
-    raise DataError(f"data.split={split!r} is not a FewCLUE split; allowed: 0, 1, 2, 3, 4, all")
+    raise DataError(f"data.split={split!r} is not a FewCLUE split; allowed: {', '.join(FEWCLUE_SPLITS)}, all")
 
 
 def required_files(split: str) -> list[str]:

@@ -19,11 +19,11 @@ from datamodules.epoch_shuffle import EpochShuffle, LengthOrder, fixed_generator
 from datamodules.tasks.download import locate_task_dir, split_files
 from datamodules.tasks.rows import Row, read_rows
 from datamodules.mlm_texts import MlmText, mlm_loader
+from datamodules.tasks.task_configs import FEWCLUE_SPLITS
 from datamodules.tasks.task_spec import TaskSpec
 from datamodules.errors import ConfigError
 
 log = logging.getLogger(__name__)
-SPLITS = ("0", "1", "2", "3", "4")
 
 
 class TaskRowsDataModule(LightningDataModule):
@@ -218,9 +218,9 @@ class FewClueDataModule(TaskRowsDataModule):
 
     def _other_splits(self) -> tuple[list[Row], str]:
         """The train and dev rows of the other four splits (none for split=all, which holds them all)."""
-        if self.split not in SPLITS or not self.heldout_max:
+        if self.split not in FEWCLUE_SPLITS or not self.heldout_max:
             return [], "none"
-        others = [k for k in SPLITS if k != self.split]
+        others = [k for k in FEWCLUE_SPLITS if k != self.split]
         rows = [row for k in others for name in split_files(k) if (self.task_dir / name).is_file()
                 for row in read_rows(self.task, self.task_dir / name, labelled=True)]
         return rows, f"train/dev of splits {', '.join(others)}"

@@ -15,6 +15,10 @@ from datamodules.tasks.task_spec import TaskSpec
 from datamodules.errors import ConfigError
 
 TASK_DIR = Path(__file__).resolve().parents[2] / "conf" / "task"
+# FewCLUE's nine tasks (conf/task/<task>.yaml each), cheapest first (rows x classes x label-word lengths).
+FEWCLUE_TASKS = ("eprstmt", "bustm", "ocnli", "csl", "cluewsc", "chid", "tnews", "iflytek", "csldcp")
+# FewCLUE's five train/dev splits (data.split=0..4; data.split=all reads train_few_all/dev_few_all).
+FEWCLUE_SPLITS = ("0", "1", "2", "3", "4")
 
 
 def available_tasks(task_dir: str | Path | None = None) -> list[str]:
