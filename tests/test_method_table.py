@@ -106,7 +106,7 @@ def test_commands_name_the_run_dir_and_settings(tmp_path):
     command = method_table.command(Cell("finetune", "csldcp", "3"), tmp_path)
     assert command[2:] == ["experiment=finetune_zh_mlm_small", "task=csldcp", "data.split=3", "trainer.max_epochs=5",
                            *method_table.COMMON, "~tuned", f"hydra.run.dir={tmp_path / 'finetune' / 'csldcp' / '3'}"]
-    assert "self_training.rounds=1" in method_table.command(Cell("fuzzy_st", "tnews", "0"), tmp_path)
+    assert "callbacks.self_training.rounds=1" in method_table.command(Cell("fuzzy_st", "tnews", "0"), tmp_path)
     assert "verbalizer=v2" in method_table.command(Cell("pet_v2", "ocnli", "0"), tmp_path)
     sets = method_table.command(Cell("fuzzy_cal_sets", "csl", "0"), tmp_path)
     assert sets[2:7] == ["experiment=fuzzy_pet_zh_mlm_small", "task=csl", "data.split=0", "stage.word_score=calibrated",
