@@ -60,7 +60,8 @@ def test_quirks_string_ids_and_idx(shared_fewclue, tmp_path):
 
 def test_mark_span_brackets_the_occurrence_at_the_index():
     assert mark_span("他说他来了", "他", 2) == "他说【他】来了"  # the second 他, as the index says
-    assert mark_span("他说他来了", "他", 4) == "【他】说他来了"  # index off the span: its first occurrence
+    assert mark_span("他说他来了", "他", 4) == "他说【他】来了"  # index off the span: its nearest occurrence
+    assert mark_span("他说他来了", "他", 1) == "【他】说他来了"
     assert mark_span("他说他来了", "她", 0) == "他说他来了"  # not in the text: unchanged
 
 

@@ -46,12 +46,20 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def span_start(text: str, span: str, index: int) -> int:
+    """Where ``span`` starts in ``text``: CLUEWSC's span indices are sometimes off by a few characters, so where the
+    index does not hold the span, its nearest occurrence; ``index`` itself where the text lacks the span."""
+    if text[index : index + len(span)] == span:
+        return index
+    starts = [i for i in range(len(text)) if text.startswith(span, i)]
+    return min(starts, key=lambda i: abs(i - index)) if starts else index
+
+
 def mark_span(text: str, span: str, index: int) -> str:
-    """``text`` with ``span`` wrapped in SPAN_MARKS at ``index`` (its first occurrence where the index does not hold it;
-    unchanged where the text lacks it): which of several 他 the pronoun is, for a cloze that cannot see positions."""
-    if text[index : index + len(span)] != span:
-        index = text.find(span)
-    if not span or index < 0:
+    """``text`` with ``span`` wrapped in SPAN_MARKS where it starts (``span_start``; unchanged where the text lacks
+    it): which of several 他 the pronoun is, for a cloze that cannot see positions."""
+    index = span_start(text, span, index)
+    if not span or text[index : index + len(span)] != span:
         return text
     opening, closing = SPAN_MARKS
     return f"{text[:index]}{opening}{span}{closing}{text[index + len(span):]}"

@@ -11,19 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.tasks.rows import Row
+from datamodules.tasks.rows import Row, span_start
 from datamodules.tasks.task_spec import TaskSpec
 from lightning_modules.scale.optim import Optim
 from lightning_modules.stages.base import StageModule, StepOutput
 from lightning_modules.scoring.submission import submission_rows
-
-
-def _span_start(text: str, span: str, index: int) -> int:
-    """CLUEWSC's span indices are sometimes off by a few characters: use the nearest occurrence."""
-    if text[index : index + len(span)] == span:
-        return index
-    starts = [i for i in range(len(text)) if text.startswith(span, i)]
-    return min(starts, key=lambda i: abs(i - index)) if starts else index
 
 
 class FinetuneModule(StageModule):
@@ -95,7 +87,7 @@ class FinetuneModule(StageModule):
         for i, row in enumerate(rows):
             for j, key in enumerate(("span1", "span2")):
                 span = row.fields[key]
-                start = _span_start(row.fields["text"], span, row.fields[f"{key}_index"])
+                start = span_start(row.fields["text"], span, row.fields[f"{key}_index"])
                 tokens = {encoded.char_to_token(i, c) for c in range(start, start + len(span))} - {None}
                 for t in tokens or {0}:  # a span cut off by truncation falls back to [CLS]
                     spans[i, j, t] = 1.0
