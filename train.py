@@ -13,7 +13,6 @@ import shutil
 import signal
 import sys
 import threading
-import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,7 @@ import lightning as L
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
@@ -40,6 +38,8 @@ from lightning_modules.scale.devices import on_gpu
 from lightning_modules.stages.base import StageModule
 from datamodules.runs.saved_config import composed_today
 from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, TOKENIZER_DIR, RunResults
+# Shared with predict.py and the distillation teachers (a finished run rebuilt from its config.yaml).
+from datamodules.runs.build import check_checkpoint, instantiate_with, user_error, vocabulary_texts  # noqa: F401
 
 log = logging.getLogger("train")
 # Per-task settings of a stage, chosen on dev: conf/tuned/<task>_<stage>.yaml (conf/train.yaml, defaults).
@@ -105,22 +105,6 @@ def check_pretrained(model: DictConfig) -> None:
         raise ConfigError(f"model.pretrained={name!r} is neither a local folder nor a valid hub name ({err})") from None
 
 
-def check_checkpoint(ckpt: str) -> None:
-    """An existing, complete Lightning checkpoint file (a zip archive) or DeepSpeed checkpoint folder."""
-    path = Path(ckpt)
-    if not path.exists():
-        raise ConfigError(f"ckpt_path={ckpt}: no such file")
-    if path.is_dir():
-        if not (path / "latest").is_file() and not (path / "checkpoint").is_dir():
-            raise ConfigError(f"ckpt_path={ckpt}: a folder, but not a DeepSpeed checkpoint (no 'latest' file)")
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            archive.namelist()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ConfigError(f"ckpt_path={ckpt}: not a complete checkpoint ({err}); it may be truncated") from None
-
-
 def resume_in_place(cfg: DictConfig) -> None:
     """``ckpt_path=<run>/checkpoints/last.ckpt`` continues that run in its own directory, so that its best
     checkpoint (selected on dev so far), results and predictions stay together and the outcome is the
@@ -132,48 +116,11 @@ def resume_in_place(cfg: DictConfig) -> None:
         log.info("resuming the run in %s", cfg.paths.output_dir)
 
 
-def instantiate_with(node: DictConfig, **objects: Any) -> Any:
-    """Instantiate ``node``, with live objects as extra arguments (kept out of OmegaConf's hands).
-
-    A user error raised inside a constructor (ConfigError, DataError) comes out as itself, not wrapped
-    in Hydra's InstantiationException, and a key the target does not take (``+stage.foo=1``) becomes a
-    ConfigError naming it, so that either ends the run with a one-line message."""
-    try:
-        return instantiate(node, _partial_=True)(**objects) if objects else instantiate(node)
-    except (InstantiationException, TypeError) as err:  # TypeError: from the partial's call with the live objects
-        raise user_error(err, node._get_full_key(None)) from None
-
-
-def user_error(err: Exception, where: str) -> Exception:
-    """The ConfigError/DataError inside ``err``, or a ConfigError for an argument the target does not take
-    or lacks; ``err`` itself when it is neither (a bug, which keeps its traceback)."""
-    text = str(err)
-    located = re.search(r"full_key: (\S+)", text)
-    where = located.group(1) if located else where
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, (ConfigError, DataError)):
-            return cause
-        if isinstance(cause, TypeError):
-            unknown = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
-            if unknown:
-                return ConfigError(f"{where}.{unknown.group(1)} is not a setting of {where}; remove it")
-            missing = re.search(r"missing \d+ required \w+(?:-only)? arguments?: (.+)$", str(cause))
-            if missing:
-                return ConfigError(f"{where} needs {missing.group(1)}")
-        cause = cause.__cause__
-    return err
-
-
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     """Every entry of a dict-of-configs group (callbacks, logger) that has a ``_target_``."""
     if not group:
         return []
     return [instantiate_with(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
-
-
-def vocabulary_texts(datamodule: StageData, task: TaskSpec) -> list[str]:
-    return [*datamodule.texts(), *task.patterns, *task.label_words(), *task.descriptions.values()]
 
 
 def derive_teachers(cfg: DictConfig) -> None:

@@ -3,8 +3,9 @@
 Generation g retrains every teacher of generation g-1 from its own config (same pattern, label words,
 encoder; self-training off) on the labelled rows plus ``growth``^g × as many rows labelled by an
 ensemble of a random ``share`` of the *other* teachers (at least one; PET's λ = 0.25, d = 5).
-Each new run writes its own unlabeled probabilities, so it can teach the next generation; the
-distillation then uses the last generation. Runs go to ``<run>/ipet/g<g>/<i>/``, each with its own
+The given teachers are scored on the unlabeled rows when first needed (their selected checkpoints, cached in
+their folders); each new run, which keeps no checkpoint, scores them at its end (``callbacks/unlabeled_probs.py``),
+so it can teach the next generation; the distillation then uses the last generation. Runs go to ``<run>/ipet/g<g>/<i>/``, each with its own
 results.json (``generation``, ``ipet_teachers``).
 """
 
@@ -17,13 +18,30 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lightning.pytorch import Callback, LightningModule, Trainer
+
 from callbacks.pseudo_labels import PseudoLabels
+from callbacks.unlabeled_probs import UnlabeledProbs
 from datamodules.teachers.ensemble import TeacherEnsemble, run_dirs
 from datamodules.errors import ConfigError
 from datamodules.runs.results import RunFolder
 from datamodules.runs.saved_config import with_todays_defaults
 
 log = logging.getLogger(__name__)
+# Rows per batch when a generation's run scores the unlabeled rows at its end.
+SCORING_BATCH = 64
+
+
+class ScoreTeachers(Callback):
+    """Before PseudoLabels (the callback after it) labels a generation's rows: every teacher of the ensemble scored
+    on this run's unlabeled rows (from its cache, or once with its own checkpoint)."""
+
+    def __init__(self, ensemble: TeacherEnsemble) -> None:
+        self.ensemble = ensemble
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.ensemble.score(trainer.datamodule.unlabeled_rows())
 
 
 def generation_config(teacher: Path, output_dir: Path) -> DictConfig:
@@ -64,7 +82,9 @@ def run_generations(cfg: DictConfig, train_one: Callable[[DictConfig, list, dict
             run_cfg = generation_config(Path(teacher), output_dir)
             log.info("iPET generation %d, run %d: %s retrained with rows labelled by %s", generation, i, teacher, chosen)
             parent = RunFolder(teacher).results
-            train_one(run_cfg, [PseudoLabels(ensemble, int(distill.growth) ** generation)],
+            callbacks = [ScoreTeachers(ensemble), PseudoLabels(ensemble, int(distill.growth) ** generation),
+                         UnlabeledProbs(str(output_dir), SCORING_BATCH)]
+            train_one(run_cfg, callbacks,
                       {"stage": parent.stage, "model": parent.model, "generation": generation,
                        "ipet_teachers": chosen, "ipet_parent": teacher})
             next_dirs.append(str(output_dir))

@@ -58,6 +58,9 @@ FINETUNE_EPOCHS = {"chid": 10, "tnews": 10, "iflytek": 5, "csldcp": 5}
 COMMON = ("keep_checkpoints=false", "trainer.limit_predict_batches=1", "logger=csv")
 # Every method but fuzzy_tuned runs the stage's own defaults, whatever conf/tuned/ holds when it runs.
 UNTUNED = "~tuned"
+# A distillation teacher keeps no checkpoint (COMMON): it scores the unlabeled rows at the end of its training.
+SCORE_UNLABELED = ("+callbacks.unlabeled_probs={_target_:callbacks.unlabeled_probs.UnlabeledProbs,"
+                   "output_dir:${paths.output_dir},batch_size:64}")
 TUNED_DIR = ROOT / "conf" / "tuned"
 
 
@@ -150,15 +153,23 @@ def overrides(cell: Cell, out: Path) -> list[str]:
              **SCORING}.get(cell.method)
     if extra is None:  # pet_<set>
         extra = [f"verbalizer={cell.method.removeprefix('pet_')}"]
+    if teaches(cell):  # its checkpoint is not kept: it scores the unlabeled rows for the distillation at its end
+        extra = [*extra, SCORE_UNLABELED]
     return ["experiment=fuzzy_pet_zh_mlm_small", *task, *extra]
 
 
+def teaches(cell: Cell) -> bool:
+    """A teacher of the task's distillation cell (the fuzzy and PET runs of a task with unlabeled rows)."""
+    return cell.task in WITH_UNLABELED and (cell.method == "fuzzy" or cell.method.startswith("pet_"))
+
+
 def ready(cell: Cell, out: Path) -> bool:
-    """A distillation cell waits for its teachers' unlabeled_probs.pt (a run seeded from elsewhere may lack it)."""
+    """A distillation cell waits for its teachers' unlabeled_probs.pt (their checkpoints are not kept, so the rows
+    are scored at the end of their training; a run seeded from elsewhere may lack them)."""
     if cell.method != "distill":
         return True
-    return all((Cell(m, cell.task, cell.split).run_dir(out) / "unlabeled_probs.pt").is_file()
-               for m in methods_of(cell.task) if m == "fuzzy" or m.startswith("pet_"))
+    return all((RunFolder(Cell(m, cell.task, cell.split).run_dir(out)).unlabeled_probs_path).is_file()
+               for m in methods_of(cell.task) if teaches(Cell(m, cell.task, cell.split)))
 
 
 def command(cell: Cell, out: Path) -> list[str]:

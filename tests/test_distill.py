@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -11,9 +12,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from callbacks.pseudo_labels import most_confident_by_class
+import datamodules.teachers.ensemble as ensemble_module
+from datamodules.runs.results import RunFolder
 from datamodules.teachers.ensemble import TeacherEnsemble
 from datamodules.errors import ConfigError
 from lightning_modules.stages.distill import distillation_loss
+from tests.conftest import compose_config
 from tests.helpers import read_jsonl, run_cli
 from train import build, run, train
 
@@ -22,7 +26,7 @@ def fake_teacher(run_dir, val_acc, ids, probs, task="eprstmt", split="0", genera
     run_dir.mkdir(parents=True)
     torch.save({"task": task, "split": split, "labels": ["Negative", "Positive"], "ids": ids,
                 "probs": torch.tensor(probs)}, run_dir / "unlabeled_probs.pt")
-    results = {"val/acc": val_acc, "task": task, "unlabeled_probs": str(run_dir / "unlabeled_probs.pt")}
+    results = {"val/acc": val_acc, "task": task, "split": split}
     if generation is not None:
         results["generation"] = generation
     (run_dir / "results.json").write_text(json.dumps(results))
@@ -69,10 +73,6 @@ def test_ensemble_refusals_name_the_problem(tmp_path):
         TeacherEnsemble(str(tmp_path / "nowhere"), "dev_acc", 2.0)
     with pytest.raises(ConfigError, match="allowed"):
         TeacherEnsemble(str(tmp_path / "a"), "best", 2.0)
-    (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "results.json").write_text(json.dumps({"task": "ocnli", "unlabeled_probs": None}))
-    with pytest.raises(ConfigError, match="ocnli.*no unlabeled rows"):
-        TeacherEnsemble(str(tmp_path / "c"), "dev_acc", 2.0)
     with pytest.raises(ConfigError, match="trained on task eprstmt split 1"):
         TeacherEnsemble(str(tmp_path / "b"), "dev_acc", 2.0).soft_rows([], "eprstmt", "0")
 
@@ -88,8 +88,6 @@ FAST = ["trainer.max_epochs=1", "data.batch_size=16", "trainer.limit_predict_bat
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory, shared_fewclue):
     """Two tiny fuzzy_pet runs of eprstmt split 0 (patterns 0 and 1), each with its unlabeled probabilities."""
-    from tests.conftest import compose_config
-
     root = tmp_path_factory.mktemp("teachers")
     for pattern in (0, 1):
         train(compose_config(["stage=fuzzy_pet", "task=eprstmt", f"stage.pattern={pattern}", *FAST],
@@ -97,18 +95,28 @@ def teachers(tmp_path_factory, shared_fewclue):
     return root
 
 
-def test_every_fuzzy_pet_run_writes_its_probabilities_on_the_unlabeled_rows(teachers, make_config):
-    results = json.loads((teachers / "0" / "results.json").read_text())
-    saved = torch.load(results["unlabeled_probs"], weights_only=True)
-    datamodule = build(make_config(["stage=fuzzy_pet", "task=eprstmt", "data.max_unlabeled=24"])).datamodule
-    assert saved["ids"] == [row.id for row in datamodule.unlabeled_rows()] and results["unlabeled_rows"] == 24
-    assert saved["probs"].shape == (24, 2) and saved["probs"].sum(-1).tolist() == pytest.approx([1.0] * 24)
-    assert (saved["task"], saved["split"], saved["labels"]) == ("eprstmt", "0", ["Negative", "Positive"])
+def test_a_fuzzy_pet_run_scores_no_unlabeled_rows(teachers):
+    """Nobody asked for a distillation yet: training scores no unlabeled rows (the teachers are scored on demand)."""
+    for pattern in ("0", "1"):
+        assert not (teachers / pattern / "unlabeled_probs.pt").exists()
+        assert "unlabeled_probs" not in json.loads((teachers / pattern / "results.json").read_text())
 
 
-def test_distill_trains_one_classifier_on_the_soft_labels_plus_the_labelled_rows(teachers, make_config):
+def test_distill_trains_one_classifier_on_the_soft_labels_plus_the_labelled_rows(teachers, make_config, monkeypatch,
+                                                                                tmp_path, shared_fewclue):
+    scored = []
+    real = ensemble_module.score_rows
+    monkeypatch.setattr(ensemble_module, "score_rows", lambda run_dir, *a, **k: scored.append(run_dir) or real(run_dir, *a, **k))
     r = build(make_config(["stage=distill", "task=eprstmt", f"distill.teachers={teachers}", *FAST]))
     results = run(r)
+    # Each teacher scored once, with its own selected checkpoint, and cached in its folder.
+    assert scored == [teachers / "0", teachers / "1"]
+    unlabeled = [row.id for row in r.datamodule.unlabeled_rows()]
+    for pattern in ("0", "1"):
+        saved = torch.load(teachers / pattern / "unlabeled_probs.pt", weights_only=True)
+        assert saved["ids"] == unlabeled and saved["weights"] == "checkpoints/best.ckpt"
+        assert saved["probs"].shape == (24, 2) and saved["probs"].sum(-1).tolist() == pytest.approx([1.0] * 24)
+        assert (saved["task"], saved["split"], saved["labels"]) == ("eprstmt", "0", ["Negative", "Positive"])
     assert [t["run"] for t in results["teachers"]] == [str(teachers / "0"), str(teachers / "1")]
     assert sum(t["weight"] for t in results["teachers"]) == pytest.approx(1.0)
     assert results["distill_rows"] == 24 and results["generation"] == 0 and 0 <= results["distill_agreement"] <= 1
@@ -118,20 +126,44 @@ def test_distill_trains_one_classifier_on_the_soft_labels_plus_the_labelled_rows
     assert batch["is_soft"].tolist() == [False, False, True, True]
     assert batch["soft"][0].tolist() in ([1.0, 0.0], [0.0, 1.0]) and batch["soft"][2].sum().item() == pytest.approx(1.0)
 
+    # A second distillation reads the teachers' caches: no teacher is scored again.
+    mtimes = [(teachers / p / "unlabeled_probs.pt").stat().st_mtime_ns for p in ("0", "1")]
+    again = run(build(compose_config(["stage=distill", "task=eprstmt", f"distill.teachers={teachers}", *FAST],
+                                     tmp_path / "again", shared_fewclue)))
+    assert scored == [teachers / "0", teachers / "1"] and again["distill_rows"] == 24
+    assert [(teachers / p / "unlabeled_probs.pt").stat().st_mtime_ns for p in ("0", "1")] == mtimes
+    # More rows than the cache holds (another data.max_unlabeled): scored again, with the checkpoint.
+    teacher = TeacherEnsemble(str(teachers / "0"), "dev_acc", 1.0)
+    more = build(compose_config(["stage=fuzzy_pet", "task=eprstmt", *FAST[:-1], "data.max_unlabeled=40"],
+                                tmp_path / "more", shared_fewclue))
+    teacher.score(more.datamodule.unlabeled_rows())
+    assert scored[-1] == teachers / "0" and len(torch.load(teachers / "0" / "unlabeled_probs.pt", weights_only=True)["ids"]) == 40
+
+
+def test_a_teacher_without_checkpoint_or_cache_says_to_keep_checkpoints(teachers, tmp_path, make_config):
+    gone = tmp_path / "no_checkpoint"
+    shutil.copytree(teachers / "1", gone, ignore=shutil.ignore_patterns("checkpoints", "unlabeled_probs.pt"))
+    results = json.loads((gone / "results.json").read_text())
+    (gone / "results.json").write_text(json.dumps({**results, "checkpoint": None}))  # as keep_checkpoints=false
+    rows = build(make_config(["stage=fuzzy_pet", "task=eprstmt", "data.max_unlabeled=4"])).datamodule.unlabeled_rows()
+    with pytest.raises(ConfigError, match=f"{gone} has no checkpoint .* keep_checkpoints=true"):
+        TeacherEnsemble(str(gone), "dev_acc", 2.0).soft_rows(rows, "eprstmt", "0")
+
 
 def test_ipet_generation_labels_a_growing_share_for_each_teacher_and_distils_the_last(teachers, make_config):
     results = train(make_config(["stage=distill", "task=eprstmt", f"distill.teachers={teachers}",
                                  "distill.generations=1", "distill.growth=2", *FAST]))
     assert results["generation"] == 1
-    runs = [json.loads(open(t["run"] + "/results.json").read()) for t in results["teachers"]]
+    runs = [RunFolder(t["run"]).results.to_dict() for t in results["teachers"]]
     assert len(runs) == 2
-    for i, child in enumerate(runs):
+    for i, (child, t) in enumerate(zip(runs, results["teachers"])):
         assert child["generation"] == 1 and child["stage"] == "fuzzy_pet"
         assert child["ipet_parent"] == str(teachers / str(i)) and child["ipet_teachers"] == [str(teachers / str(1 - i))]
         # growth^1 x 32 labelled rows, split 16/16 as the labelled rows are; at most 24 unlabeled rows exist.
         assert child["ipet_pseudo_labelled"] == sum(child["ipet_kept_per_class"]) <= 24
         assert all(k <= 32 for k in child["ipet_kept_per_class"])
-        assert child["unlabeled_rows"] == 24
+        # A generation's run keeps no checkpoint: it scored its unlabeled rows at its end, for the distillation.
+        assert len(torch.load(RunFolder(t["run"]).unlabeled_probs_path, weights_only=True)["ids"]) == 24
 
 
 def test_distill_refuses_a_task_without_unlabeled_data_in_one_line(tmp_path, shared_fewclue):
@@ -139,14 +171,13 @@ def test_distill_refuses_a_task_without_unlabeled_data_in_one_line(tmp_path, sha
     done = run_cli(["stage=fuzzy_pet", "task=ocnli", f"hydra.run.dir={teacher}", "trainer.max_steps=1",
                     "trainer.limit_predict_batches=1", "logger=none"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((teacher / "results.json").read_text())["unlabeled_probs"] is None
+    assert not (teacher / "unlabeled_probs.pt").exists()
     done = run_cli(["stage=distill", "task=ocnli", f"distill.teachers={teacher}", f"hydra.run.dir={tmp_path / 'd'}"],
                    tmp_path)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        f"error: distill.teachers: {teacher} (task ocnli) has no unlabeled rows: stage=distill needs a task with "
-        "unlabeled data")
+        "error: task ocnli has no unlabeled data: stage=distill needs unlabeled rows to distil the teachers on")
 
 
 def test_a_teacher_from_an_older_version_gets_todays_defaults_for_the_keys_it_lacks(teachers, tmp_path):

@@ -122,7 +122,7 @@ def test_other_checkpoints_last_ckpt_and_an_export_folder_that_lacks_the_head(ru
 def test_a_run_of_an_older_version_gets_todays_defaults_for_the_keys_it_lacks(run_dir, tmp_path):
     from omegaconf import OmegaConf
 
-    from predict import _run_files
+    from datamodules.runs.predictor import run_config
 
     old = tmp_path / "old_run"
     old.mkdir()
@@ -131,6 +131,6 @@ def test_a_run_of_an_older_version_gets_todays_defaults_for_the_keys_it_lacks(ru
     del config.stage[lacking]
     OmegaConf.save(config, old / "config.yaml")
     (old / "results.json").write_text((run_dir / "results.json").read_text())
-    cfg, folder = _run_files(old)
+    cfg, folder = run_config(old)
     assert cfg.stage[lacking] == OmegaConf.load(run_dir / "config.yaml").stage[lacking]  # the default it ran with
     assert cfg.data == OmegaConf.load(run_dir / "config.yaml").data and cfg.paths.output_dir == str(old)

@@ -64,7 +64,7 @@ class RunResults:
     zero_shot: bool = False
     tuned: str | None = None  # conf/tuned/<task>_<stage>.yaml, relative to the repository
     export_dir: str | None = None
-    unlabeled_probs: str | None = None  # older runs: the teacher probabilities written after training
+    unlabeled_probs: str | None = None  # older runs: their unlabeled_probs.pt, written after training
     generation: int | None = None  # iPET: 0 for a plain distillation, g for generation g
     ipet_parent: str | None = None
     ipet_teachers: list[str] | None = None
@@ -144,8 +144,9 @@ class RunFolder:
 
     @property
     def unlabeled_probs_path(self) -> Path:
-        """Where the run's class probabilities on unlabeled rows are (or are cached when first needed)."""
-        return Path(self.results.unlabeled_probs) if self.results.unlabeled_probs else self.path / UNLABELED_PROBS_FILE
+        """Where the run's class probabilities on unlabeled rows are, or are cached when first needed (an older
+        results.json's ``unlabeled_probs`` named the same file)."""
+        return self.path / UNLABELED_PROBS_FILE
 
     @property
     def tokenizer_dir(self) -> Path:

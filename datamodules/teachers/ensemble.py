@@ -1,9 +1,14 @@
-"""PET's ensemble of teachers: the unlabeled-row probabilities of several runs, averaged into soft labels.
+"""PET's ensemble of teachers: several runs' class probabilities on the unlabeled rows, averaged into soft labels.
 
-A teacher is a run directory whose results.json names an ``unlabeled_probs`` file (every fuzzy_pet run
-of a task with unlabeled.json writes one, ``callbacks/unlabeled_probs.py``). ``distill.teachers`` is a
-run directory, a sweep directory (every run under it with results.json), or a list of either.
-As in PET, the teachers' log-probabilities are averaged with weights proportional to each run's
+A teacher is a finished run folder (stage=fuzzy_pet runs, e.g. a sweep over patterns or label-word sets).
+``distill.teachers`` is a run folder, a sweep folder (every run under it with results.json), or a list of either.
+A teacher is scored on the unlabeled rows when a distillation or iPET first needs them: its model is rebuilt
+from its config.yaml with its own selected checkpoint (``datamodules/runs/predictor.py``, predict.py's code)
+and the probabilities are cached in its folder (``unlabeled_probs.pt``: ``{"task", "split", "labels", "ids",
+"probs" [N, C], "weights"}``), so a teacher is scored once; a cache that lacks some of the rows (another
+``data.max_unlabeled``) is computed again. A teacher that kept no checkpoint (``keep_checkpoints=false``) can
+teach only rows its cache holds (iPET's generations and ``callbacks/unlabeled_probs.py`` write one at the end
+of training). As in PET, the teachers' log-probabilities are averaged with weights proportional to each run's
 dev accuracy (``weighting: dev_acc``; or ``uniform``), and the soft label of a row is
 ``softmax(mean / temperature)``.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +25,7 @@ import torch
 
 from datamodules.tasks.rows import Row
 from datamodules.errors import ConfigError
-from datamodules.runs.results import RESULTS_FILE, RunFolder
+from datamodules.runs.results import RESULTS_FILE, UNLABELED_PROBS_FILE, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +45,70 @@ class Teacher:
     val_acc: float
     task: str
     split: str
-    ids: list
-    log_probs: torch.Tensor  # [N, C]
     generation: int  # 0 for a plain run; g for a run of iPET's generation g
+    ids: list | None = None  # the rows scored, once loaded or scored
+    log_probs: torch.Tensor | None = None  # [N, C]
+
+    @property
+    def cache(self) -> Path:
+        return RunFolder(self.run_dir).unlabeled_probs_path
+
+    def scored(self) -> Teacher:
+        """This teacher with the rows its cache holds (loaded once)."""
+        if self.log_probs is None:
+            if not self.cache.is_file():
+                raise ConfigError(f"distill.teachers: {self.run_dir} has not been scored on unlabeled rows yet "
+                                  f"(no {UNLABELED_PROBS_FILE})")
+            self._take(torch.load(self.cache, weights_only=True))
+        return self
+
+    def score(self, rows: list[Row], batch_size: int | None = None) -> None:
+        """Make sure every one of ``rows`` is scored: from the cache when it holds them all, else by the run's own
+        selected weights, the new scores cached in the run folder."""
+        wanted = [json.dumps(row.id) for row in rows]
+        if self.log_probs is None and self.cache.is_file():
+            self._take(torch.load(self.cache, weights_only=True))
+        if self.ids is not None and set(wanted) <= {json.dumps(i) for i in self.ids}:
+            return
+        log.info("distill: scoring %d unlabeled rows with teacher %s", len(rows), self.run_dir)
+        probs, labels, weights = score_rows(self.run_dir, rows, batch_size)
+        save_unlabeled_probs(self.cache, self.task, self.split, labels, [row.id for row in rows], probs, weights)
+        self._take(torch.load(self.cache, weights_only=True))
+
+    def _take(self, saved: dict) -> None:
+        self.ids = list(saved["ids"])
+        self.log_probs = saved["probs"].clamp_min(1e-12).log()
+
+
+def save_unlabeled_probs(path: Path, task: str, split: str, labels: list[str], ids: list, probs: torch.Tensor,
+                         weights: str) -> None:
+    """A run's class probabilities on unlabeled rows (the teacher cache), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"task": task, "split": str(split), "labels": labels, "ids": ids, "probs": probs.float(),
+                "weights": weights}, tmp)
+    tmp.replace(path)
+
+
+def score_rows(run_dir: Path, rows: list[Row], batch_size: int | None = None) -> tuple[torch.Tensor, list[str], str]:
+    """[N, C] class probabilities of ``rows`` under the run's selected weights, the class names, and the weights'
+    file relative to the run folder. A run without a checkpoint (keep_checkpoints=false) cannot be scored: a
+    ConfigError says so. (Imported here: the predictor module builds models, which reading a teacher does not.)"""
+    from datamodules.runs.predictor import MissingCheckpoint, Predictor
+
+    try:
+        predictor = Predictor.load(run_dir)
+    except MissingCheckpoint:
+        raise ConfigError(
+            f"distill.teachers: {run_dir} has no checkpoint to score its unlabeled rows with, and no "
+            f"{UNLABELED_PROBS_FILE} that holds them: train the teacher again with keep_checkpoints=true"
+        ) from None
+    log_probs = predictor.class_log_probs(rows, batch_size)
+    probs = torch.softmax(log_probs.double(), dim=-1).float()
+    labels = predictor.task.label_list or [str(c) for c in range(probs.shape[1])]
+    source = Path(predictor.source)
+    weights = os.path.relpath(source, run_dir) if source.exists() else predictor.source
+    return probs, list(labels), weights
 
 
 def run_dirs(teachers: str | list[str]) -> list[Path]:
@@ -65,18 +132,15 @@ def run_dirs(teachers: str | list[str]) -> list[Path]:
 
 
 def load_teacher(run_dir: Path) -> Teacher:
-    folder = RunFolder(run_dir)
-    results = folder.results
-    path = folder.unlabeled_probs_path  # inside the teacher's folder, wherever it was copied
-    if "unlabeled_probs" in results.to_dict() and not results.unlabeled_probs:
-        raise ConfigError(f"distill.teachers: {run_dir} (task {results.task}) has no unlabeled rows: "
-                          "stage=distill needs a task with unlabeled data")
-    if not path.is_file():
-        raise ConfigError(f"distill.teachers: {path} (of {run_dir}) does not exist")
-    saved = torch.load(path, weights_only=True)
+    """A teacher's run folder, read (not yet scored): its task, split, dev accuracy and iPET generation."""
+    results = RunFolder(run_dir).results
+    task, split = results.task, results.split
+    if (task is None or split is None) and RunFolder(run_dir).unlabeled_probs_path.is_file():  # an older run
+        saved = torch.load(RunFolder(run_dir).unlabeled_probs_path, weights_only=True)
+        task, split = task or saved["task"], split if split is not None else saved["split"]
     val_acc = results.val_acc
-    return Teacher(run_dir, float(val_acc) if val_acc is not None else 0.0, str(saved["task"]), str(saved["split"]),
-                   list(saved["ids"]), saved["probs"].clamp_min(1e-12).log(), int(results.generation or 0))
+    return Teacher(run_dir, float(val_acc) if val_acc is not None else 0.0, str(task), str(split),
+                   int(results.generation or 0))
 
 
 class TeacherEnsemble:
@@ -114,8 +178,15 @@ class TeacherEnsemble:
                 raw = torch.ones(len(self.teachers))
         return raw / raw.sum()
 
+    def score(self, rows: list[Row]) -> None:
+        """Every teacher's scores on ``rows``: from its cache, or computed once with its own weights and cached."""
+        for teacher in self.teachers:
+            teacher.score(rows)
+
     def soft_labels(self, ids: list) -> tuple[list[int], torch.Tensor]:
         """(positions in ``ids`` that every teacher scored, their soft labels [M, C])."""
+        for teacher in self.teachers:
+            teacher.scored()
         keys = [json.dumps(i) for i in ids]
         tables = [{json.dumps(i): n for n, i in enumerate(t.ids)} for t in self.teachers]
         kept = [n for n, key in enumerate(keys) if all(key in table for table in tables)]
@@ -142,6 +213,7 @@ class TeacherEnsemble:
                 f"distill.teachers were trained on task {self.task} split {self.split}; this run is task {task} "
                 f"split {split} (give task={self.task} data.split={self.split})"
             )
+        self.score(rows)
         kept, soft = self.soft_labels([row.id for row in rows])
         if len(kept) < len(rows):
             log.warning("distill: %d of %d unlabeled rows were not scored by every teacher and are left out",

@@ -1,0 +1,220 @@
+"""A finished train.py run's model, rebuilt to classify rows: predict.py's and the distillation teachers' one copy.
+
+``Predictor.load(run_dir)`` rebuilds the run's model from its resolved ``config.yaml`` (the same config groups
+train.py instantiates) and loads the checkpoint the run selected on dev (results.json ``checkpoint``, inside the
+run folder), or a given checkpoint file or export folder; ``class_log_probs(rows)`` scores task rows in the run's
+evaluation batches; ``predict(rows)`` gives predict.py's records.
+
+Imports stay layered: this package does not import ``lightning_modules`` at import time; the stage module is
+instantiated through its ``_target_``, and the device rule (``lightning_modules.scale.devices``, torch only) is
+imported where it is used.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from datamodules.errors import ConfigError
+from datamodules.runs.build import check_checkpoint, instantiate_with, vocabulary_texts
+from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, RunFolder
+from datamodules.runs.saved_config import with_todays_defaults
+from datamodules.tasks.rows import Row
+from datamodules.tasks.task_spec import TaskSpec
+
+if TYPE_CHECKING:
+    from lightning_modules.stages.base import StageModule
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class MissingCheckpoint(ConfigError):
+    """The run kept no checkpoint (``keep_checkpoints=false``) or it was deleted since."""
+
+
+class Predictor:
+    """A run's stage module with its selected weights, in eval mode, and the task it classifies."""
+
+    def __init__(self, cfg: DictConfig, task: TaskSpec, module: StageModule, device: torch.device, source: str) -> None:
+        self.cfg = cfg
+        self.task = task
+        self.module = module
+        self.device = device
+        self.source = source  # where the weights came from
+
+    @classmethod
+    def load(cls, run_dir: str | Path, checkpoint: str | None = None, device: str = "auto") -> Predictor:
+        run_dir = Path(run_dir)
+        cfg, folder = run_config(run_dir)
+        task = instantiate_with(cfg.task)
+        if task.kind != "multiple_choice" and not task.labels:
+            raise ConfigError(f"{run_dir}: task {task.name} has no labels to predict")
+        source = checkpoint or selected_weights(folder)
+        export = source is not None and Path(source).is_dir() and (Path(source) / "config.json").is_file()
+        if export:
+            # An export folder (save_pretrained) holds the masked LM and its tokenizer: build model=hf on it.
+            model_cfg = OmegaConf.load(ROOT / "conf" / "model" / "hf.yaml")
+            model_cfg.pretrained = str(source)
+            backbone = instantiate_with(model_cfg)
+            tokenizer = backbone.tokenizer()
+        else:
+            backbone = instantiate_with(cfg.model)
+            tokenizer = _run_tokenizer(run_dir, cfg, task, backbone)
+        torch.manual_seed(int(cfg.seed))  # a zero-shot run's untrained parts are drawn as train.py drew them
+        module: StageModule = instantiate_with(cfg.stage, masked_lm=backbone.masked_lm(tokenizer), tokenizer=tokenizer)
+        if export:
+            _check_export_covers(module, Path(source))
+        elif source is not None:
+            _load_weights(module, Path(source))
+        module.eval()
+        target = _device(device, cfg)
+        module.to(target)
+        return cls(cfg, task, module, target, str(source) if source else "the untrained model (zero-shot run)")
+
+    def class_log_probs(self, rows: list[Row], batch_size: int | None = None,
+                        progress: TextIO | None = None) -> torch.Tensor:
+        """[N, C] class log-probabilities (float32, on the CPU) of ``rows``, in the rows' order. Batches are the run's
+        evaluation batches (``data.eval_batch_size`` rows, longest first: LengthOrder)."""
+        from lightning.fabric.utilities.apply_func import move_data_to_device
+        from torch.utils.data import DataLoader
+        from tqdm import tqdm
+
+        from datamodules.epoch_shuffle import LengthOrder
+        from datamodules.tasks.fewclue import TaskRowsDataModule
+
+        size = batch_size or int(self.cfg.data.eval_batch_size)
+        sampler = LengthOrder([TaskRowsDataModule.text_length(row) for row in rows])
+        loader = DataLoader(rows, batch_size=size, sampler=sampler, collate_fn=self.module.collate)
+        order = list(sampler)
+        parts = []
+        bar = tqdm(loader, desc="predict", unit="batch", file=progress, disable=progress is None or len(loader) <= 1)
+        with torch.no_grad(), self._autocast():
+            for batch in bar:
+                try:
+                    parts.append(self.module.class_log_probs(move_data_to_device(batch, self.device)).float().cpu())
+                except NotImplementedError as err:
+                    raise ConfigError(f"stage {type(self.module).__name__} does not classify rows ({err})") from None
+        if not parts:
+            return torch.empty(0, 0)
+        out = torch.empty(len(rows), parts[0].shape[1])
+        out[order] = torch.cat(parts)
+        return out
+
+    def predict(self, rows: list[Row], batch_size: int | None = None, progress: TextIO | None = sys.stderr):
+        """One output record per row, in the rows' order: the official label, its name and the class probabilities."""
+        log_probs = self.class_log_probs(rows, batch_size, progress)
+        probs = torch.softmax(log_probs.double(), dim=-1)
+        return [self.record(row, choice, row_probs.tolist())
+                for row, choice, row_probs in zip(rows, log_probs.argmax(-1).tolist(), probs)]
+
+    def record(self, row: Row, choice: int, probs: list[float]) -> dict[str, Any]:
+        task = self.task
+        out: dict[str, Any] = {} if row.id_from_line else {"id": row.id}
+        out["label"] = task.official_label(choice)
+        if task.kind == "multiple_choice":
+            out["label_name"] = row.fields["candidates"][choice]
+            out["probs"] = {str(c): p for c, p in enumerate(probs)}
+        else:
+            out["label_name"] = task.labels[task.label_list[choice]]
+            out["probs"] = dict(zip(task.label_list, probs))
+        return out
+
+    def _autocast(self):
+        precision = str(self.cfg.trainer.get("precision"))
+        if precision == "bf16-mixed":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if precision == "16-mixed" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast(self.device.type, enabled=False)
+
+
+def run_config(run_dir: str | Path) -> tuple[DictConfig, RunFolder]:
+    """The run's resolved config.yaml and its results.json (both written by train.py when the run ended)."""
+    run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory")
+    if not folder.results_file.is_file() or not folder.config_path.is_file():
+        raise ConfigError(f"{run_dir}: not a finished train.py run ({CONFIG_FILE} and {RESULTS_FILE} are written "
+                          "when a run ends)")
+    cfg = OmegaConf.load(folder.config_path)
+    if folder.results.stage:  # a run of an older version may lack keys added since
+        cfg = with_todays_defaults(cfg, folder.results.stage)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    return cfg, folder
+
+
+def selected_weights(folder: RunFolder) -> str | None:
+    """The checkpoint the run selected on dev, inside the run folder (wherever the folder was copied or moved);
+    else its export folder; None for a zero-shot run. MissingCheckpoint when the run kept none."""
+    run_dir, results = folder.path, folder.results
+    if folder.checkpoint_path is not None:
+        if not folder.checkpoint_path.exists():
+            raise MissingCheckpoint(f"{run_dir}: its selected checkpoint {folder.checkpoint_path} is not there "
+                                    "(deleted?); give --checkpoint FILE or an export folder")
+        return str(folder.checkpoint_path)
+    if (run_dir / "export" / "config.json").is_file():
+        return str(run_dir / "export")
+    if results.zero_shot:
+        return None
+    raise MissingCheckpoint(f"{run_dir}: results.json names no checkpoint (the run had keep_checkpoints=false?); "
+                      "give --checkpoint FILE or an export folder")
+
+
+def _run_tokenizer(run_dir: Path, cfg: DictConfig, task: TaskSpec, backbone):
+    """The tokenizer the run trained with: saved in the run (tokenizer/), else rebuilt from the run's data."""
+    if RunFolder(run_dir).tokenizer_dir.is_dir():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(RunFolder(run_dir).tokenizer_dir)
+    datamodule = instantiate_with(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("predict")
+    return backbone.tokenizer(vocabulary_texts(datamodule, task))
+
+
+def _load_weights(module: StageModule, path: Path) -> None:
+    check_checkpoint(str(path))
+    if path.is_dir():
+        raise ConfigError(f"--checkpoint {path}: a DeepSpeed checkpoint folder; convert it to one file first "
+                          "(lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict)")
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    own = module.state_dict()
+    problems = []
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    reshaped = [key for key in own if key in state and own[key].shape != state[key].shape]
+    if missing:
+        problems.append(f"{len(missing)} weight(s) missing, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if reshaped:
+        key = reshaped[0]
+        problems.append(f"{len(reshaped)} of another shape, e.g. {key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}")
+    if problems:
+        raise ConfigError(f"checkpoint {path} does not fit the model of the run's config.yaml ({'; '.join(problems)})")
+    module.load_state_dict(state)
+
+
+def _check_export_covers(module: StageModule, folder: Path) -> None:
+    """An export holds the masked LM only: a stage with weights of its own (finetune's head) needs a checkpoint."""
+    own = sorted({name.split(".")[0] for name, _ in module.named_parameters() if not name.startswith("backbone.")})
+    if own:
+        raise ConfigError(f"--checkpoint {folder}: an export folder holds the masked LM only, and stage "
+                          f"{type(module).__name__} has weights of its own ({', '.join(own)}); give a .ckpt file")
+
+
+def _device(name: str, cfg: DictConfig) -> torch.device:
+    if name == "auto":
+        from lightning_modules.scale.devices import on_gpu  # one rule with train.py's checks (torch only)
+
+        return torch.device("cuda" if on_gpu(cfg.trainer.get("accelerator", "auto")) else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"--device {name}: {err}") from None
