@@ -39,6 +39,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import BertConfig, BertForMaskedLM
 
+from lightning_modules.knowledge.masking import IGNORE
 from lightning_modules.scale.devices import on_gpu
 from lightning_modules.scale.optim import parameter_groups
 
@@ -93,7 +94,7 @@ def make_batches(n: int, batch: int, seq: int, vocab: int, mask_id: int, seed: i
     for _ in range(n):
         ids = torch.randint(5, vocab, (batch, seq), generator=g)
         where = torch.rand(batch, seq, generator=g) < 0.15
-        labels = torch.where(where, ids, torch.full_like(ids, -100))
+        labels = torch.where(where, ids, torch.full_like(ids, IGNORE))
         inputs = {"input_ids": torch.where(where, torch.full_like(ids, mask_id), ids),
                   "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
         out.append({"inputs": inputs, "labels": labels, "size": batch})
@@ -189,7 +190,7 @@ class Baseline:
         labels = batch["labels"].to(self.device)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             hidden = self.model.bert(**inputs).last_hidden_state
-            where = labels != -100
+            where = labels != IGNORE
             logits = self.model.cls(hidden[where]).float()
             loss = torch.nn.functional.cross_entropy(logits, labels[where])
         self.scaler.scale(loss).backward()

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from callbacks.self_training import select_balanced
 from datamodules.errors import ConfigError
+from lightning_modules.knowledge.masking import IGNORE
 from tests.conftest import TASKS
 from tests.helpers import read_jsonl
 from tests.test_train_finetune import OFFICIAL_LABELS
@@ -239,7 +240,7 @@ def test_auxiliary_mlm_loss_is_weighted_into_the_training_loss(make_config):
     assert set(loader) == {"main", "mlm"} and len(loader["mlm"]) == len(loader["main"])
     main = module.collate(datamodule.train_rows[:4])
     aux = next(iter(loader["mlm"]))
-    assert module.batch_size(aux) == 8 and (aux["labels"] != -100).any()  # data.mlm_batch_size texts, some masked
+    assert module.batch_size(aux) == 8 and (aux["labels"] != IGNORE).any()  # data.mlm_batch_size texts, some masked
     module.log = lambda *args, **kwargs: None  # no trainer to log to
     with torch.no_grad():
         total = module.training_step({"main": main, "mlm": aux}, 0)

@@ -7,7 +7,7 @@ each is drawn with probability ``span_prob`` and a drawn mention is masked whole
 mention longer than the budget is masked as often as a short one (its chance does not depend on its
 own length). Mention tokens are never masked one by one; the rest of the budget goes to single
 tokens outside mentions. ``corrupt`` applies BERT's 80/10/10 rule (``[MASK]`` / a random token /
-unchanged) and returns the labels (-100 where nothing is predicted). ``mention_mask_rates`` measures
+unchanged) and returns the labels (IGNORE where nothing is predicted). ``mention_mask_rates`` measures
 the share of mentions masked whole, per mention length. ``joint_units`` is the rule of the
 sentence-SPO joint masking (no copy path between the sentence and the triple).
 """
@@ -20,6 +20,7 @@ import torch
 
 from datamodules.pretraining.alignment import MENTION_BUCKETS, mention_bucket
 
+# The label of a position without a loss (cross_entropy's default ignore_index): one constant for every stage.
 IGNORE = -100
 BIO = {"O": 0, "B": 1, "I": 2}
 
@@ -81,7 +82,7 @@ def corrupt(
 
 
 def bio_tags(length: int, spans: list[tuple[int, int]], maskable: list[int]) -> torch.Tensor:
-    """O/B/I (0/1/2) per token for mention ``spans``; -100 on tokens outside ``maskable`` (special, padding)."""
+    """O/B/I (0/1/2) per token for mention ``spans``; IGNORE on tokens outside ``maskable`` (special, padding)."""
     tags = torch.full((length,), IGNORE, dtype=torch.long)
     if maskable:
         tags[torch.tensor(maskable, dtype=torch.long)] = BIO["O"]

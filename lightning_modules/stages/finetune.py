@@ -13,6 +13,7 @@ from torch import nn
 
 from datamodules.tasks.rows import Row, span_start
 from datamodules.tasks.task_spec import TaskSpec
+from lightning_modules.knowledge.masking import IGNORE
 from lightning_modules.scale.optim import Optim
 from lightning_modules.stages.base import StageModule, StepOutput
 from lightning_modules.scoring.submission import submission_rows
@@ -57,7 +58,7 @@ class FinetuneModule(StageModule):
         }[self.task.kind]
         batch = encode(rows)
         batch["ids"] = [row.id for row in rows]
-        batch["labels"] = torch.tensor([row.label if row.label is not None else -100 for row in rows])
+        batch["labels"] = torch.tensor([row.label if row.label is not None else IGNORE for row in rows])
         return batch
 
     def _tokenize(self, first: list[str], second: list[str] | None = None, **kwargs) -> dict:

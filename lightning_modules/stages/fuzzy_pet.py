@@ -23,6 +23,7 @@ from datamodules.mlm_texts import MlmText
 from datamodules.protocol import TaskData
 from datamodules.tasks.task_spec import TaskSpec
 from datamodules.errors import ConfigError
+from lightning_modules.knowledge.masking import IGNORE
 from lightning_modules.scale.optim import Optim
 from lightning_modules.scoring.patterns import PatternEncoder, allowed_fields, candidate_ids
 from lightning_modules.stages.base import StageModule, StepOutput
@@ -151,7 +152,7 @@ class FuzzyPetModule(StageModule):
     def collate(self, rows: list[Row]) -> dict:
         batch: dict = {
             "ids": [row.id for row in rows],
-            "labels": torch.tensor([row.label if row.label is not None else -100 for row in rows]),
+            "labels": torch.tensor([row.label if row.label is not None else IGNORE for row in rows]),
         }
         if self.multiple_choice:
             candidates = candidate_ids(self.tokenizer, rows)
@@ -273,7 +274,7 @@ class FuzzyPetModule(StageModule):
     def set_accuracies(self, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Evaluation: every set's own accuracy, ``acc_<set>`` (logged as ``val/acc_<set>``, the quantity a label-word
         sweep compares), whatever the verbalizer pools; the batch mean, weighted by batch size over the epoch."""
-        labelled = labels != -100
+        labelled = labels != IGNORE
         if self.multiple_choice or not labelled.any():
             return {}
         return {f"acc_{name}": (self.set_log_probs(scores, s).argmax(-1) == labels)[labelled].float().mean()
