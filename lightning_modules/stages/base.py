@@ -18,8 +18,9 @@ What the base assumes of a stage, all of it stated here:
 - Batch size: the rows in a batch are the leading dimension of its first tensor, looking depth-first through
   dicts, lists and tuples in their order (``batch_size``); a stage whose batch starts with another tensor
   overrides ``batch_size``.
-- Nothing outside the stage reads its attributes: callbacks take the run's task (name, classes, leaderboard file)
-  from the DataModule (``datamodules.protocol.TaskData.task``) and use only the methods and ``results`` below.
+- Callbacks read nothing a stage adds: the run's task (name, classes, label names, leaderboard file) comes from
+  the DataModule (``datamodules.protocol.TaskData.task``), and of the stage they use only what this base (or
+  LightningModule) defines: ``results``, ``class_probs``, ``restart_schedule``, ``log``, ...
 
 The base owns the rest: the weighted sum of the losses (``stage.loss_weights``; logged as
 ``train/loss`` and each as ``train/loss_<name>``), ``val/acc`` and ``test/acc`` (one torchmetrics
