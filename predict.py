@@ -25,9 +25,11 @@ import sys
 from pathlib import Path
 
 from datamodules.errors import ConfigError, DataError
-from datamodules.runs.predictor import Predictor
 from datamodules.tasks.rows import FORMATS, Row, read_rows
 from datamodules.tasks.task_spec import TaskSpec
+
+# torch, Lightning and transformers are imported with the model (datamodules/runs/predictor.py), after the
+# arguments are read: --help and a bad argument answer at once.
 
 
 def read_input(task: TaskSpec, source: str | None, text: str | None, fmt: str | None) -> list[Row]:
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         print(f"error: --batch-size={args.batch_size}; allowed: an integer >= 1", file=sys.stderr)
         return 2
+    from datamodules.runs.predictor import Predictor
+
     try:
         predictor = Predictor.load(args.run_dir, args.checkpoint, args.device)
         rows = read_input(predictor.task, args.input, args.text, args.format)
