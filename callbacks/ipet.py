@@ -5,8 +5,9 @@ encoder; self-training off) on the labelled rows plus ``growth``^g × as many ro
 ensemble of a random ``share`` of the *other* teachers (at least one; PET's λ = 0.25, d = 5).
 The given teachers are scored on the unlabeled rows when first needed (their selected checkpoints, cached in
 their folders); each new run, which keeps no checkpoint, scores them at its end (``callbacks/unlabeled_probs.py``),
-so it can teach the next generation; the distillation then uses the last generation. Runs go to ``<run>/ipet/g<g>/<i>/``, each with its own
-results.json (``generation``, ``ipet_teachers``).
+so it can teach the next generation; the distillation then uses the last generation. Runs go to
+``<run>/ipet/g<g>/<i>/``, each with its own results.json (``generation``, ``ipet_teachers``, ``ipet_parent``: paths
+relative to that run's folder).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from callbacks.unlabeled_probs import UnlabeledProbs
 from datamodules.teachers.ensemble import TeacherEnsemble, run_dirs
 from datamodules.errors import ConfigError
 from datamodules.runs.results import RunFolder
-from datamodules.runs.saved_config import with_todays_defaults
+from datamodules.runs.saved_config import upgrade_saved_config
 
 log = logging.getLogger(__name__)
 # Rows per batch when a generation's run scores the unlabeled rows at its end.
@@ -52,7 +53,7 @@ def generation_config(teacher: Path, output_dir: Path) -> DictConfig:
         raise ConfigError(f"distill.generations: teacher {teacher} has no config.yaml to retrain it from")
     old_dir = str(OmegaConf.load(source).paths.output_dir)
     cfg = OmegaConf.create(source.read_text(encoding="utf-8").replace(old_dir, str(output_dir)))
-    cfg = with_todays_defaults(cfg, folder.results.stage or "fuzzy_pet")  # a teacher run by an older version
+    cfg = upgrade_saved_config(cfg, folder.results.stage or "fuzzy_pet")  # a teacher run by an older version
     cfg.paths.output_dir = str(output_dir)
     cfg.ckpt_path = None
     cfg.keep_checkpoints = False

@@ -90,11 +90,6 @@ class RunResults:
                 out[KEYS.get(f.name, f.name)] = value
         return {**out, **self.extras}
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """A value by its results.json key (``val/acc``, ``verbalizer``, ``wandb/group``)."""
-        value = self.to_dict().get(key)
-        return default if value is None else value
-
     # -- the file ----------------------------------------------------------------------------------------------------
     def write(self, run_dir: str | Path) -> Path:
         """``run_dir/results.json``, every path relative to ``run_dir``; written atomically."""
