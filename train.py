@@ -1,8 +1,8 @@
 """Train one stage on one FewCLUE task: ``python train.py stage=finetune task=ocnli data.split=0``.
 
-``build(cfg) -> Run``: datamodule (read and validated first), backbone, stage module, callbacks,
+``build(cfg) -> BuiltRun``: datamodule (read and validated first), backbone, stage module, callbacks,
 loggers, trainer, each instantiated from its config group;
-``run(Run) -> results``: fit -> test (when test_public.json exists) -> predict test.json -> results.json.
+``run(BuiltRun) -> results``: fit -> test (when test_public.json exists) -> predict test.json -> results.json.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from datamodules.teachers.ensemble import TeacherEnsemble
 from datamodules.errors import ConfigError, DataError, Interrupted, TrainingDiverged
 from lightning_modules.scale.devices import on_gpu
 from lightning_modules.stages.base import StageModule
-from datamodules.runs.saved_config import composed_today
+from datamodules.runs.saved_config import compose_train_config
 from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, TOKENIZER_DIR, RunResults
 # Shared with predict.py and the distillation teachers (a finished run rebuilt from its config.yaml).
 from datamodules.runs.build import check_checkpoint, instantiate_with, user_error, vocabulary_texts  # noqa: F401
@@ -47,7 +47,9 @@ TUNED_DIR = Path(__file__).resolve().parent / "conf" / "tuned"
 
 
 @dataclass
-class Run:
+class BuiltRun:
+    """What ``build`` makes of a config, everything ``run`` needs."""
+
     cfg: DictConfig
     task: TaskSpec
     datamodule: StageData
@@ -74,8 +76,8 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"data.{key}={value!r}; allowed: an integer >= 1")
     if (cfg.trainer.get("max_epochs") == 0 or cfg.trainer.get("max_steps") == 0) and not get_class(cfg.stage._target_).zero_shot:
         raise ConfigError(
-            f"trainer.max_epochs=0 / max_steps=0 with stage={choice('stage') or cfg.stage._target_} would evaluate and "
-            "predict with untrained weights; allowed: >= 1 (zero-shot scoring: stage=fuzzy_pet)"
+            f"trainer.max_epochs=0 / max_steps=0 with stage={chosen_option('stage') or cfg.stage._target_} would "
+            "evaluate and predict with untrained weights; allowed: >= 1 (zero-shot scoring: stage=fuzzy_pet)"
         )
     instantiate_with(cfg.stage.optim)  # lr, weight decay, warm-up and optimizer keys, before the model is built
     check_pretrained(cfg.model)
@@ -134,7 +136,7 @@ def derive_teachers(cfg: DictConfig) -> None:
                               **{key: f"${{distill.{key}}}" for key in ("teachers", "weighting", "temperature")}}
 
 
-def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Run:
+def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> BuiltRun:
     """Everything a run needs, data first: bad data stops the run before a model is built."""
     derive_teachers(cfg)
     check_config(cfg)
@@ -155,10 +157,10 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> Run:
     callbacks = [*instantiate_all(cfg.get("callbacks")), *extra_callbacks]
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate_with(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return Run(cfg, task, datamodule, backbone, module, callbacks, loggers, trainer)
+    return BuiltRun(cfg, task, datamodule, backbone, module, callbacks, loggers, trainer)
 
 
-def run(r: Run, extra_results: dict | None = None) -> dict[str, Any]:
+def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
     """fit -> select on dev -> test -> predict -> results.json (rank zero writes; ``extra_results`` added)."""
     cfg, trainer, module, datamodule = r.cfg, r.trainer, r.module, r.datamodule
     failed = True
@@ -178,11 +180,11 @@ def run(r: Run, extra_results: dict | None = None) -> dict[str, Any]:
 
     output_dir = Path(cfg.paths.output_dir)
     results = RunResults.from_dict({
-        "stage": choice("stage"),
+        "stage": chosen_option("stage"),
         "task": r.task.name,
         "split": str(cfg.data.split) if "split" in cfg.data else None,  # data=files has no split
         "seed": int(cfg.seed),
-        "model": choice("model"),
+        "model": chosen_option("model"),
         "pretrained": r.backbone.pretrained,
         "val/acc": val_acc,
         "test/acc": test_acc,
@@ -214,7 +216,7 @@ def run(r: Run, extra_results: dict | None = None) -> dict[str, Any]:
     return results
 
 
-def comparisons(r: Run) -> list[str]:
+def comparisons(r: BuiltRun) -> list[str]:
     """What val/acc compares with: chance, the share of the majority class among the labelled dev rows (the rows
     val/acc is measured on)."""
     labels = [row.label for row in getattr(r.datamodule, "val_rows", []) if row.label is not None]
@@ -302,13 +304,15 @@ def close_loggers(loggers: list[Any], failed: bool) -> None:
             wandb.finish(exit_code=1 if failed else 0)
 
 
-def choice(group: str) -> str | None:
+def chosen_option(group: str) -> str | None:
+    """The option of config group ``group`` this run composed (``stage=fuzzy_pet``: fuzzy_pet); None outside
+    Hydra's app."""
     return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
 
 
 def tuned_file() -> str | None:
     """conf/tuned/<task>_<stage>.yaml when the run composed one (train.yaml's `optional tuned`), else None."""
-    name = choice("tuned")
+    name = chosen_option("tuned")
     path = TUNED_DIR / f"{name}.yaml" if name else None
     return str(path.relative_to(TUNED_DIR.parents[1])) if path and path.is_file() else None
 
@@ -344,12 +348,13 @@ KEYS_LIVING_ELSEWHERE = {
 }
 
 
-def one_line(message: str) -> str:
+def one_line_composition_error(message: str) -> str:
     """Hydra's composition message in one line: the key (and the allowed options) without the search path."""
     message = message.split("Config search path")[0]
     key = re.search(r"Could not override '([^']+)'", message)
     if key:
-        hint = next((f"; {where}" for prefix, where in KEYS_LIVING_ELSEWHERE.items() if key.group(1).startswith(prefix)), "")
+        hint = next((f"; {where}" for prefix, where in KEYS_LIVING_ELSEWHERE.items()
+                     if key.group(1).startswith(prefix)), "")
         return f"{key.group(1)} is not a key of this configuration (to add one anyway: +{key.group(1)}=...){hint}"
     head, _, options = message.partition("Available options in")
     lines = [line.strip() for line in head.split("\n") if line.strip() and not line.strip().startswith(("full_key", "object_type"))]
@@ -368,9 +373,9 @@ def composition_error(argv: list[str]) -> str | None:
     from hydra.errors import HydraException
 
     try:
-        composed_today(argv)
+        compose_train_config(argv)
     except HydraException as err:
-        return one_line(str(err))
+        return one_line_composition_error(str(err))
     return None
 
 

@@ -101,7 +101,7 @@ def test_tiny_model_has_no_checkpoint_key(make_config):
 def test_callbacks_none_means_none_also_for_a_stage_that_adds_one(make_config):
     names = {type(c).__name__ for c in instantiate_all(make_config(["stage=fuzzy_pet"]).callbacks)}
     default = {type(c).__name__ for c in instantiate_all(make_config(["stage=finetune"]).callbacks)}
-    assert names - default == {"SelfTraining", "UnlabeledProbs"} and default <= names
+    assert names - default == {"SelfTraining"} and default <= names
     assert instantiate_all(make_config(["stage=fuzzy_pet", "callbacks=none"]).get("callbacks")) == []
 
 

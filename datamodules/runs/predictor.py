@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from datamodules.errors import ConfigError
 from datamodules.runs.build import check_checkpoint, instantiate_with, vocabulary_texts
 from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, RunFolder
-from datamodules.runs.saved_config import with_todays_defaults
+from datamodules.runs.saved_config import upgrade_saved_config
 from datamodules.tasks.rows import Row
 from datamodules.tasks.task_spec import TaskSpec
 
@@ -143,7 +143,7 @@ def run_config(run_dir: str | Path) -> tuple[DictConfig, RunFolder]:
                           "when a run ends)")
     cfg = OmegaConf.load(folder.config_path)
     if folder.results.stage:  # a run of an older version may lack keys added since
-        cfg = with_todays_defaults(cfg, folder.results.stage)
+        cfg = upgrade_saved_config(cfg, folder.results.stage)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
     return cfg, folder

@@ -12,7 +12,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 FILLED_SECTIONS = ("stage", "data")
 
 
-def composed_today(overrides: list[str]) -> DictConfig:
+def compose_train_config(overrides: list[str]) -> DictConfig:
     """conf/train.yaml with ``overrides`` as this version composes it (inside train.py's Hydra app or outside)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -23,13 +23,13 @@ def composed_today(overrides: list[str]) -> DictConfig:
         return compose(config_name="train", overrides=overrides)
 
 
-def with_todays_defaults(cfg: DictConfig, stage: str) -> DictConfig:
+def upgrade_saved_config(cfg: DictConfig, stage: str) -> DictConfig:
     """``cfg`` (a run's saved config of ``stage``) with the stage and data keys it lacks set to today's defaults;
     every key it has keeps the run's value."""
     from hydra.errors import HydraException
 
     try:  # the task does not matter here (and a data=files task has no conf/task file)
-        today = composed_today([f"stage={stage}", "~tuned"])
+        today = compose_train_config([f"stage={stage}", "~tuned"])
     except HydraException:  # a stage this version does not know: nothing to fill from
         return cfg
     filled = copy.deepcopy(cfg)
