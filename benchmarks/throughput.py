@@ -26,12 +26,10 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import lightning as L
 import torch
@@ -135,13 +133,11 @@ def build_module(stage: str, model, tokenizer, lr: float):
     (constant lr: no schedule, so that every step does the same work)."""
     if stage != "mlm":
         raise ValueError(f"--stage {stage!r}: allowed mlm")
-    from hydra import compose, initialize_config_dir
+    from datamodules.runs.build import instantiate_with
+    from datamodules.runs.saved_config import compose_train_config
 
-    from train import instantiate_with
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"stage={stage}", f"stage.optim.lr={lr}", "stage.optim.scheduler=null",
-                                                      "stage.export_dir=null"])
+    cfg = compose_train_config([f"stage={stage}", f"stage.optim.lr={lr}", "stage.optim.scheduler=null",
+                                "stage.export_dir=null"])
     return instantiate_with(cfg.stage, masked_lm=model, tokenizer=tokenizer)
 
 

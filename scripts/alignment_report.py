@@ -12,15 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.pretraining.alignment import AlignmentRules, align  # noqa: E402
-from datamodules.pretraining.corpus import CorpusSource, read_corpus  # noqa: E402
-from datamodules.pretraining.kg import KgSource, load_kg  # noqa: E402
+from datamodules.pretraining.alignment import AlignmentRules, align
+from datamodules.pretraining.corpus import CorpusSource, read_corpus
+from datamodules.pretraining.kg import KgSource, load_kg
 
 
 def gold_spans(path: Path) -> tuple[list[str], list[set[tuple[int, int]]]]:

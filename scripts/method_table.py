@@ -42,7 +42,6 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from datamodules.runs.results import RESULTS_FILE, RunFolder
 from datamodules.tasks.task_configs import FEWCLUE_SPLITS, FEWCLUE_TASKS, load_task_specs

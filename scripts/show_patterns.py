@@ -2,23 +2,21 @@
 
     python scripts/show_patterns.py eprstmt [--row 0]
 
-Fields come from the first training row of split 0 (``FEWCLUE_DIR``), or appear as [field] without data;
+Fields come from a training row of split 0 (the configuration's ``paths.fewclue_dir``), or appear as [field]
+without data;
 problems that tests/test_patterns_read.py rejects (doubled characters at the slot, empty words) are flagged.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from datamodules.tasks.rows import read_rows  # noqa: E402
-from datamodules.tasks.task_configs import load_task_specs  # noqa: E402
-from lightning_modules.scoring.patterns import (  # noqa: E402
+from datamodules.runs.saved_config import compose_train_config
+from datamodules.tasks.rows import read_rows
+from datamodules.tasks.task_configs import load_task_specs
+from lightning_modules.scoring.patterns import (
     allowed_fields,
     doubles_at_slot,
     reading_problems,
@@ -30,7 +28,8 @@ def example_fields(task, row_index: int) -> dict[str, str]:
     """The fields of one training row as the datamodule reads them (cluewsc's spans and marked text, chid's left and
     right of the slot), each cut to 40 characters."""
     fields = {name: f"[{name}]" for name in allowed_fields(task)}
-    path = Path(os.environ.get("FEWCLUE_DIR", "data/fewclue")) / task.name / "train_0.json"
+    fewclue_dir = compose_train_config([f"task={task.name}"]).paths.fewclue_dir  # FEWCLUE_DIR, or conf's default
+    path = Path(fewclue_dir) / task.name / "train_0.json"
     if path.is_file():
         row = read_rows(task, path, labelled=True)[row_index]
         fields.update({name: str(row.fields[name])[:40] for name in fields if name in row.fields})

@@ -1,6 +1,8 @@
 """Zero-shot dev accuracy of every stage.word_score x stage.pooling, from one scoring pass per task.
 
-    python scripts/zero_shot_table.py --tasks eprstmt csldcp --split 0 --pretrained ../shared/encoders/zh-mlm-small
+    python -m scripts.zero_shot_table --tasks eprstmt csldcp --split 0 --pretrained ../shared/encoders/zh-mlm-small
+
+(from the repository root: it builds each run with train.py's ``build``).
 
 The untrained cloze (``stage=fuzzy_pet trainer.max_epochs=0``) is scored once per task (joint word
 scores and the content-free prior), then every combination is evaluated on the same numbers. Prints a
@@ -12,18 +14,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from datamodules.runs.saved_config import compose_train_config
+from datamodules.tasks.task_configs import FEWCLUE_TASKS
+from lightning_modules.scoring.verbalizer import POOLINGS, WORD_SCORES
+from train import build
 
-from lightning_modules.scoring.verbalizer import POOLINGS, WORD_SCORES  # noqa: E402
-from tests.conftest import TASKS, compose_config  # noqa: E402
-from train import build  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @torch.no_grad()
@@ -47,7 +48,7 @@ def evaluate(module, joint, prior, lengths, word_score: str, pooling: str) -> to
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", nargs="*", default=TASKS)
+    parser.add_argument("--tasks", nargs="*", default=list(FEWCLUE_TASKS))
     parser.add_argument("--split", default="0")
     parser.add_argument("--pretrained", default=os.environ.get("ZH_MLM_SMALL", str(ROOT.parent / "shared/encoders/zh-mlm-small")))
     parser.add_argument("--batch-size", type=int, default=32)
@@ -58,8 +59,10 @@ def main() -> None:
     print("|---" * (len(combos) + 4) + "|")
     for task in args.tasks:
         started = time.perf_counter()
-        cfg = compose_config([f"task={task}", "stage=fuzzy_pet", "model=hf", f"model.pretrained={args.pretrained}",
-                              f"data.split={args.split}", "logger=none", "callbacks=none"], Path(args.out) / task)
+        out = Path(args.out)
+        cfg = compose_train_config([f"task={task}", "stage=fuzzy_pet", "model=hf", f"model.pretrained={args.pretrained}",
+                                    f"data.split={args.split}", "logger=none", "callbacks=none", "~tuned",
+                                    f"paths.output_dir={out / task}", f"paths.cache_dir={out / 'cache'}"])
         built = build(cfg)
         module, rows = built.module, built.datamodule.val_rows
         labels = torch.tensor([row.label for row in rows])
