@@ -64,8 +64,12 @@ class Predictor:
         else:
             backbone = instantiate_with(cfg.model)
             tokenizer = _run_tokenizer(run_dir, cfg, task, backbone)
-        torch.manual_seed(int(cfg.seed))  # a zero-shot run's untrained parts are drawn as train.py drew them
-        module: StageModule = instantiate_with(cfg.stage, masked_lm=backbone.masked_lm(tokenizer), tokenizer=tokenizer)
+        # A zero-shot run's untrained parts are drawn as train.py drew them; the caller's random state is left as it
+        # was (a distillation scores its teachers in the middle of its own setup).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed))
+            module: StageModule = instantiate_with(cfg.stage, masked_lm=backbone.masked_lm(tokenizer),
+                                                   tokenizer=tokenizer)
         if export:
             _check_export_covers(module, Path(source))
         elif source is not None:

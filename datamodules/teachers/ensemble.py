@@ -84,7 +84,7 @@ def save_unlabeled_probs(path: Path, task: str, split: str, labels: list[str], i
                          weights: str) -> None:
     """A run's class probabilities on unlabeled rows (the teacher cache), written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: ranks of a distributed run may write at once
     torch.save({"task": task, "split": str(split), "labels": labels, "ids": ids, "probs": probs.float(),
                 "weights": weights}, tmp)
     tmp.replace(path)
