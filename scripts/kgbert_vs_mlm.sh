@@ -65,8 +65,10 @@ for variant in $VARIANTS; do
 done
 
 "$PYTHON" - "$OUT" $VARIANTS <<'PY'
-import json, statistics, sys
+import statistics, sys
 from pathlib import Path
+
+from datamodules.runs.results import RESULTS_FILE, RunFolder
 
 out, variants = Path(sys.argv[1]), sys.argv[2:]
 def fmt(values):
@@ -77,7 +79,8 @@ def fmt(values):
 def num(value, digits=4):
     return "-" if value is None else f"{value:.{digits}f}"
 
-runs = {v: [json.loads(p.read_text()) for p in sorted((out / "fuzzy_pet" / v).rglob("results.json"))] for v in variants}
+runs = {v: [RunFolder(p.parent).results.to_dict() for p in sorted((out / "fuzzy_pet" / v).rglob(RESULTS_FILE))]
+        for v in variants}
 tasks = sorted({r["task"] for rs in runs.values() for r in rs})
 lines = ["## Fuzzy-PET dev accuracy (%) from each encoder, mean ± sample std over splits", "",
          "| variant | " + " | ".join(tasks) + " | mean over tasks |", "|---" * (len(tasks) + 2) + "|"]
@@ -90,11 +93,11 @@ lines += ["", "## Pretraining runs: held-out probe (same masks in every variant)
           "| variant | steps | val/acc | val/mention_acc | val/gain | val/loss | kg/mention_mask_rate (1-2 / 3-4 / 5-8 / 9+) |",
           "|---|---|---|---|---|---|---|"]
 for v in variants:
-    path = out / "pretrain" / v / "results.json"
-    if not path.is_file():
+    folder = RunFolder(out / "pretrain" / v)
+    if not folder.results_file.is_file():
         lines.append(f"| {v} | - | - | - | - | - | - |")
         continue
-    r = json.loads(path.read_text())
+    r = folder.results.to_dict()
     if v == "base":
         r["global_step"] = "0 (the encoder as it is)"
     buckets = " / ".join(num(r.get(f"kg/mention_mask_rate/{b}"), 3) for b in ("1-2", "3-4", "5-8", "9+"))

@@ -18,8 +18,9 @@ python train.py experiment=chain_entailment model.pretrained="$run/kgbert/export
 python train.py experiment=chain_fuzzy_pet task="$task" model.pretrained="$run/entailment/export" \
   hydra.run.dir="$run/fuzzy_pet" ${FINAL_ARGS:-} "$@"
 python - "$run" <<'PY'
-import json, sys
+import sys
+from datamodules.runs.results import RunFolder
 for step in ("kgbert", "entailment", "fuzzy_pet"):
-    results = json.load(open(f"{sys.argv[1]}/{step}/results.json"))
+    results = RunFolder(f"{sys.argv[1]}/{step}").results.to_dict()  # export_dir resolved in the run folder
     print(step, {k: results.get(k) for k in ("val/acc", "test/acc", "export_dir")})
 PY
