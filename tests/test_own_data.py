@@ -14,6 +14,7 @@ import pytest
 
 from datamodules.tasks.rows import read_rows
 from datamodules.protocol import TaskData
+from datamodules.runs.results import RunFolder
 from datamodules.errors import ConfigError, DataError
 from tests.conftest import compose_config
 from tests.helpers import ROOT, read_jsonl, run_cli
@@ -67,11 +68,12 @@ def test_own_task_trains_tests_and_predicts_from_csv_jsonl_tsv(own_run):
     # 4 rows per class of train.csv's 24; every dev (8), test (8) and predict (6) row
     assert (results["data/train_rows"], results["data/val_rows"], results["data/test_rows"],
             results["data/predict_rows"]) == (8, 8, 8, 6)
-    assert results["test_set"] == str(DATA / "test.csv") and 0.0 <= results["test/acc"] <= 1.0
+    assert RunFolder(run_dir).resolve(results["test_set"]) == (DATA / "test.csv").resolve()
+    assert 0.0 <= results["test/acc"] <= 1.0
     assert results["test/acc"] * 8 == round(results["test/acc"] * 8)  # a count of the 8 test rows
     # predict.jsonl and unlabeled.tsv have no ids: their rows are numbered by line, and results.json says so
     assert results["data/line_number_ids"] == {"predict": 6, "unlabeled": 6}
-    predictions = read_jsonl(results["predictions"])
+    predictions = read_jsonl(run_dir / results["predictions"])
     assert Path(results["predictions"]).name == "reviews_predict.json"  # no FewCLUE submission_file needed
     assert [row["id"] for row in predictions] == [1, 2, 3, 4, 5, 6]
     assert {row["label"] for row in predictions} <= {"good", "bad"}

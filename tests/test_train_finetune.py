@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from datamodules.runs.results import RunFolder
 from tests.conftest import TASKS
 from tests.helpers import read_jsonl, run_cli
 from train import train
@@ -44,14 +46,15 @@ def test_each_task_trains_tests_on_test_public_and_writes_its_leaderboard_file(
 def test_default_run_writes_results_and_config(make_config, fewclue_with_test_public):
     cfg = make_config(["trainer.max_epochs=2"], fewclue_with_test_public)
     results = train(cfg)
-    run_dir = cfg.paths.output_dir
-    saved = json.loads(open(f"{run_dir}/results.json").read())
-    assert saved == json.loads(json.dumps(results))
+    run_dir = Path(cfg.paths.output_dir)
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert RunFolder(run_dir).results.to_dict() == json.loads(json.dumps(results))
     for key in ("stage", "task", "split", "seed", "val/acc", "test/acc", "predictions", "config"):
         assert key in saved
     assert saved["stage"] == "finetune" and saved["task"] == "eprstmt" and saved["split"] == "0"
     assert saved["global_step"] == 2 * 2  # 32 rows, batch 16, 2 epochs
-    assert open(saved["config"]).read().count("_target_") > 3  # the resolved config sits beside it
+    assert saved["config"] == "config.yaml" and saved["predictions"] == "predictions/eprstmt_predict.json"
+    assert (run_dir / "config.yaml").read_text().count("_target_") > 3  # the resolved config sits beside it
 
 
 def test_without_test_public_test_acc_is_null(make_config):

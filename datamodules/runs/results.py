@@ -14,8 +14,8 @@ that leads out of it (an older results.json held absolute paths, e.g. of the fol
 gives only its file name in the folder's own subfolder (``checkpoints/<name>``), never the file it named.
 
 Stage- and callback-specific values (losses, verbalizer, self-training history, W&B ids, data counts) are
-``extras``: written as they are, beside the typed keys, except that a value that is an absolute path is
-stored relative to the run folder too (``RunFolder.path`` resolves one).
+``extras``: written as they are, beside the typed keys, except the file paths among them (``PATH_EXTRAS``), stored
+relative to the run folder too (``RunFolder.resolve`` resolves one).
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ UNLABELED_PROBS_FILE = "unlabeled_probs.pt"
 OWN_FILES = {"checkpoint": "checkpoints", "config": "", "predictions": "predictions", "unlabeled_probs": ""}
 # Paths that may point outside the run (other runs, an encoder, an export folder given elsewhere).
 OUTSIDE_PATHS = ("pretrained", "export_dir", "ipet_parent", "wandb/dir")
+# Other keys whose values are (or hold) file paths: stored relative to the run folder as well. Every other value is
+# written as it is (a W&B group named after a sweep folder is a name, not a path to follow).
+PATH_EXTRAS = ("test_set", "data/files", "data/sampled_ids")
 # JSON keys of the typed fields whose names are not valid Python names.
 KEYS = {"val_acc": "val/acc", "test_acc": "test/acc", "wandb_dir": "wandb/dir"}
 # Written even when None (what every train.py run reports); the other typed keys only when set.
@@ -227,7 +230,7 @@ def _stored(key: str, value: Any, run_dir: Path) -> Any:
         return [_relative(str(p), run_dir) for p in value]
     if key == "teachers":
         return [{**t, "run": _relative(str(t["run"]), run_dir)} if t.get("run") else t for t in value]
-    return _relative_inside(value, run_dir)
+    return _relative_inside(value, run_dir) if key in PATH_EXTRAS else value
 
 
 def _relative(path: str, run_dir: Path) -> str:
