@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -74,16 +75,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_output(output: str) -> None:
+    """An --output file that can be written (its folder exists, it is not a folder), before any row is predicted."""
+    if output == "-":
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise ConfigError(f"--output {output} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--output {output}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"--output {output}: not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         print(f"error: --batch-size={args.batch_size}; allowed: an integer >= 1", file=sys.stderr)
         return 2
-    from datamodules.runs.predictor import Predictor
+    from datamodules.runs.predictor import Predictor, run_task
 
     try:
+        # The input and the output path are checked before the model is built.
+        rows = read_input(run_task(args.run_dir), args.input, args.text, args.format)
+        check_output(args.output)
         predictor = Predictor.load(args.run_dir, args.checkpoint, args.device)
-        rows = read_input(predictor.task, args.input, args.text, args.format)
         records = predictor.predict(rows, args.batch_size)
     except (ConfigError, DataError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import psutil
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from hydra.core.hydra_config import HydraConfig
@@ -29,6 +31,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from callbacks import ipet
+from callbacks.eval_precision import EvalPrecision
+from callbacks.phase_times import PhaseTimes
 from callbacks.leaderboard import LeaderboardWriter
 from datamodules.protocol import StageData
 from datamodules.tasks.task_spec import TaskSpec
@@ -44,6 +48,8 @@ from datamodules.runs.build import check_checkpoint, instantiate_with, user_erro
 log = logging.getLogger("train")
 # Per-task settings of a stage, chosen on dev: conf/tuned/<task>_<stage>.yaml (conf/train.yaml, defaults).
 TUNED_DIR = Path(__file__).resolve().parent / "conf" / "tuned"
+# Seconds from the process's start to its first main() (imports, config composition), reported by the first run.
+_startup: dict[str, Any] = {}
 
 
 @dataclass
@@ -58,6 +64,8 @@ class BuiltRun:
     callbacks: list
     loggers: list
     trainer: L.Trainer
+    # Seconds spent building: data (reading and validating rows), model (backbone, tokenizer, stage), trainer.
+    timing: dict[str, float]
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -144,20 +152,26 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> BuiltRun:
         log.info("per-task settings from %s (chosen on dev; ~tuned leaves them out)", tuned)
     resume_in_place(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    started = time.perf_counter()
     task = instantiate_with(cfg.task)
     datamodule: StageData = instantiate_with(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    timing = {"data": time.perf_counter() - started}
 
+    started = time.perf_counter()
     backbone = instantiate_with(cfg.model)
     tokenizer = backbone.tokenizer(vocabulary_texts(datamodule, task))
     module: StageModule = instantiate_with(cfg.stage, masked_lm=backbone.masked_lm(tokenizer), tokenizer=tokenizer)
     datamodule.connect(module.collate, module.collate_mlm if module.wants_mlm_batches else None)
+    timing["model"] = time.perf_counter() - started
 
+    started = time.perf_counter()
     callbacks = [*instantiate_all(cfg.get("callbacks")), *extra_callbacks]
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate_with(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return BuiltRun(cfg, task, datamodule, backbone, module, callbacks, loggers, trainer)
+    timing["trainer"] = time.perf_counter() - started
+    return BuiltRun(cfg, task, datamodule, backbone, module, callbacks, loggers, trainer, timing)
 
 
 def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
@@ -169,9 +183,11 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
             log_config(r.loggers, cfg)
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
             best, val_acc = selected_checkpoint(trainer, module, datamodule)
-            test_acc = None
-            if datamodule.has_test_labels:
-                test_acc = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]["test/acc"]
+            scores: dict[str, float] = {}
+            if datamodule.evaluation_sets:  # test_public.json / data.test, and the held-out rows
+                for per_loader in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False):
+                    scores.update(per_loader)
+            test_acc, heldout_acc = scores.get("test/acc"), scores.get("heldout/acc")
             if datamodule.predict_rows:
                 trainer.predict(module, datamodule=datamodule, ckpt_path=best, return_predictions=False)
         failed = False
@@ -188,6 +204,7 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
         "pretrained": r.backbone.pretrained,
         "val/acc": val_acc,
         "test/acc": test_acc,
+        "heldout/acc": heldout_acc,
         "test_set": datamodule.test_set if test_acc is not None else None,
         "predictions": prediction_file(r.callbacks),
         "checkpoint": best if cfg.keep_checkpoints else None,
@@ -196,6 +213,8 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
         # Evaluated and predicted without a training step (stage=fuzzy_pet trainer.max_epochs=0: the untrained cloze).
         "zero_shot": trainer.global_step == 0,
         "tuned": tuned_file(),
+        "eval_precision": next((cb.precision_name for cb in r.callbacks if isinstance(cb, EvalPrecision)), None),
+        "timing": run_timing(r),
         **datamodule.stats,
         **module.results,
         **(extra_results or {}),
@@ -208,12 +227,25 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
         RunResults.from_dict(results).write(output_dir)
         if best and not cfg.keep_checkpoints:
             shutil.rmtree(Path(best).parent, ignore_errors=True)
-        summary = f"val/acc: {_fmt(val_acc)}  test/acc: {_fmt(test_acc, 'n/a (no labelled test set: test_public.json, data.test)')}"
+        heldout = f"heldout/acc: {_fmt(heldout_acc)} ({datamodule.stats.get('data/heldout_rows')} rows)  " if (
+            heldout_acc is not None) else ""
+        summary = (f"val/acc: {_fmt(val_acc)}  {heldout}"
+                   f"test/acc: {_fmt(test_acc, 'n/a (no labelled test set: test_public.json, data.test)')}")
         log.info("%s -> %s", summary, output_dir / RESULTS_FILE)
         print(summary)
         for line in comparisons(r):
             print(line)
     return results
+
+
+def run_timing(r: BuiltRun) -> dict[str, float]:
+    """Seconds per phase: process start (the first run of a process), building, then what the Trainer did."""
+    timing = {"start": _startup.pop("seconds")} if "seconds" in _startup else {}
+    timing.update({phase: round(seconds, 2) for phase, seconds in r.timing.items()})
+    for callback in r.callbacks:
+        if isinstance(callback, PhaseTimes):
+            timing.update(callback.report(r.trainer))
+    return timing
 
 
 def comparisons(r: BuiltRun) -> list[str]:
@@ -323,6 +355,8 @@ def _fmt(value: float | None, missing: str = "n/a") -> str:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if not _startup:  # a multirun calls main() once per job
+        _startup.update(measured=True, seconds=round(time.time() - psutil.Process().create_time(), 2))
     try:
         return train(cfg)["val/acc"]
     except (ConfigError, DataError) as err:

@@ -36,13 +36,13 @@ def cpu_has_bf16_units() -> bool:
     return any(flag in flags for flag in CPU_FLAGS)
 
 
-def evaluation_dtype(dtype: str, trainer: Trainer) -> torch.dtype:
-    """The dtype evaluation runs in for ``dtype`` (see the module doc) on this trainer."""
+def evaluation_dtype(dtype: str, device: torch.device, precision: str) -> torch.dtype:
+    """The dtype evaluation runs in for the setting ``dtype`` (see the module doc), on ``device`` for a run trained
+    with the Trainer's ``precision``; predict.py applies the same rule to a finished run."""
     if dtype == "bfloat16":
         return torch.bfloat16
-    on_cpu = trainer.strategy.root_device.type == "cpu"
-    full_precision = str(trainer.precision) in ("32-true", "32")
-    if dtype == "auto" and on_cpu and full_precision and cpu_has_bf16_units():
+    full_precision = str(precision) in ("32-true", "32")
+    if dtype == "auto" and device.type == "cpu" and full_precision and cpu_has_bf16_units():
         return torch.bfloat16
     return torch.float32
 
@@ -56,7 +56,7 @@ class EvalPrecision(Callback):
         self._float32: dict[str, torch.Tensor] = {}
 
     def _lower(self, trainer: Trainer, module: LightningModule) -> None:
-        self.used = evaluation_dtype(self.dtype, trainer)
+        self.used = evaluation_dtype(self.dtype, trainer.strategy.root_device, str(trainer.precision))
         if self.used == torch.float32 or self._float32:
             return
         self._float32 = {name: tensor.data for name, tensor in _floating(module)}

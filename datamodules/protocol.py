@@ -31,8 +31,10 @@ class StageData(Protocol):
         """The stage's collate functions; ``collate_mlm`` adds a loader of unlabeled texts to training."""
 
     @property
-    def has_test_labels(self) -> bool:
-        """True when there is a labelled test set to evaluate (FewCLUE's test_public.json)."""
+    def evaluation_sets(self) -> tuple[str, ...]:
+        """The labelled sets scored with the selected checkpoint after training, in the order of
+        ``test_dataloader``'s loaders: ``test`` (test_public.json, data.test) and ``heldout`` (labelled rows the
+        run never trained on or selected with); () for none."""
 
     @property
     def predict_rows(self) -> list:

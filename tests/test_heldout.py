@@ -6,8 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from datamodules.runs.predictor import Predictor
+from datamodules.runs.results import RunFolder
 from tests.conftest import datamodule_for
 from tests.test_own_data import DATA, csv_rows, files_datamodule
+from train import build, run
 
 
 def texts_of(path: Path) -> list[str]:
@@ -55,3 +60,18 @@ def test_own_files_heldout_rows_are_the_rows_the_sampling_left_out(tmp_path):
         row["rid"] for row in train if row["rid"] not in kept)
     unsampled = files_datamodule(tmp_path / "all", )
     assert unsampled.heldout_rows == []
+
+
+def test_a_run_scores_its_heldout_rows_with_the_checkpoint_it_selected_on_dev(make_config):
+    """heldout/acc is the selected checkpoint's accuracy on the held-out rows: predict.py's loader, given the run
+    folder, gets the same count of right answers."""
+    built = build(make_config(["trainer.max_epochs=3", "stage.optim.lr=1e-3"]))
+    results = run(built)
+    rows = built.datamodule.heldout_rows
+    assert results["data/heldout_rows"] == len(rows) == 203 and results["test/acc"] is None
+    predicted = Predictor.load(built.cfg.paths.output_dir).class_log_probs(rows).argmax(-1).tolist()
+    right = sum(choice == row.label for choice, row in zip(predicted, rows))
+    assert results["heldout/acc"] == pytest.approx(right / len(rows))
+    saved = RunFolder(built.cfg.paths.output_dir).results
+    assert saved.heldout_acc == results["heldout/acc"] and saved.eval_precision in ("float32", "bfloat16")
+    assert {"data", "model", "train", "validate", "test"} <= set(saved.timing)

@@ -28,12 +28,16 @@ def predict_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """stage=finetune, tiny model, eprstmt split 0. One epoch of two batches predicts one class for every test.json
-    row, which would make the comparison below vacuous: three such epochs at lr 1e-3 give both classes."""
+    """stage=finetune on the shared encoder, eprstmt split 0, two epochs of two batches. A tiny model trained from
+    scratch predicts one class for every test.json row, which would make the comparisons below vacuous; the shared
+    encoder predicts both."""
+    encoder = Path(os.environ.get("ZH_MLM_SMALL", ""))
+    if not (encoder / "config.json").is_file():
+        pytest.skip("the shared encoder is not found; set ZH_MLM_SMALL")
     data = fewclue_dir()
     work = tmp_path_factory.mktemp("predict")
-    done = run_cli([f"data.data_dir={data}", f"hydra.run.dir={work / 'run'}", "trainer.max_epochs=3",
-                    "+trainer.limit_train_batches=2", "stage.optim.lr=1e-3", "logger=none"], cwd=work)
+    done = run_cli([f"data.data_dir={data}", f"hydra.run.dir={work / 'run'}", "model=hf", f"model.pretrained={encoder}",
+                    "trainer.max_epochs=2", "+trainer.limit_train_batches=2", "logger=none"], cwd=work)
     assert done.returncode == 0, done.stderr[-3000:]
     return work / "run"
 
@@ -89,7 +93,8 @@ def test_csv_on_stdin_and_text_agree_with_json_lines_ids_only_where_given(run_di
     assert single.returncode == 0, single.stderr[-3000:]
     (row,) = [json.loads(line) for line in single.stdout.splitlines()]
     assert "id" not in row and row["label"] == from_file[1]["label"]
-    assert all(abs(row["probs"][k] - from_file[1]["probs"][k]) < 1e-5 for k in NAMES)  # alone: other padding
+    # alone: other padding, so other rounding (bf16 evaluation where the CPU has bf16 units)
+    assert all(abs(row["probs"][k] - from_file[1]["probs"][k]) < 0.02 for k in NAMES)
 
 
 def test_bad_input_is_one_line_naming_file_line_and_field_exit_2(run_dir, tmp_path):
@@ -134,3 +139,14 @@ def test_a_run_of_an_older_version_gets_todays_defaults_for_the_keys_it_lacks(ru
     cfg, folder = run_config(old)
     assert cfg.stage[lacking] == OmegaConf.load(run_dir / "config.yaml").stage[lacking]  # the default it ran with
     assert cfg.data == OmegaConf.load(run_dir / "config.yaml").data and cfg.paths.output_dir == str(old)
+
+
+def test_an_output_path_that_cannot_be_written_stops_before_any_row_is_predicted(run_dir, tmp_path):
+    rows = fewclue_dir() / "eprstmt" / "test.json"
+    missing = predict_cli(run_dir, "--input", rows, "--output", tmp_path / "no" / "such" / "out.jsonl")
+    onto_folder = predict_cli(run_dir, "--input", rows, "--output", tmp_path)
+    assert (missing.returncode, onto_folder.returncode) == (2, 2)
+    assert missing.stderr.splitlines()[-1] == (
+        f"error: --output {tmp_path / 'no' / 'such' / 'out.jsonl'}: the folder {tmp_path / 'no' / 'such'} does not exist")
+    assert onto_folder.stderr.splitlines()[-1] == f"error: --output {tmp_path} is a folder; give a file name"
+    assert "predict:" not in missing.stderr + onto_folder.stderr  # no progress bar: nothing was predicted

@@ -110,7 +110,7 @@ class AlignedDataset(Dataset):
 
 class PretrainCorpusDataModule(LightningDataModule):
     # No labelled test set and nothing to predict: pretraining exports a backbone.
-    has_test_labels = False
+    evaluation_sets = ()
     predict_rows: list = []
 
     def __init__(

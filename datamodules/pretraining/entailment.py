@@ -123,7 +123,7 @@ def task_weights(counts: dict[str, int], alpha: float) -> dict[str, float]:
 
 class EntailmentDataModule(LightningDataModule):
     # No labelled test set and nothing to predict: pretraining exports a backbone.
-    has_test_labels = False
+    evaluation_sets = ()
     predict_rows: list = []
 
     def __init__(

@@ -77,6 +77,7 @@ class Predictor:
         module.eval()
         target = _device(device, cfg)
         module.to(target)
+        module.to(_evaluation_dtype(cfg, target))  # what the run's own evaluation and leaderboard file used
         return cls(cfg, task, module, target, str(source) if source else "the untrained model (zero-shot run)")
 
     def class_log_probs(self, rows: list[Row], batch_size: int | None = None,
@@ -134,6 +135,20 @@ class Predictor:
         if precision == "16-mixed" and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
         return torch.autocast(self.device.type, enabled=False)
+
+
+def _evaluation_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
+    """The run's ``callbacks.eval_precision.dtype`` rule on this machine (float32 for a run without the callback)."""
+    from callbacks.eval_precision import evaluation_dtype
+
+    setting = OmegaConf.select(cfg, "callbacks.eval_precision.dtype", default="float32")
+    return evaluation_dtype(str(setting), device, str(cfg.trainer.get("precision")))
+
+
+def run_task(run_dir: str | Path) -> TaskSpec:
+    """The task a finished run classifies (from its config.yaml), without building its model."""
+    cfg, _ = run_config(run_dir)
+    return instantiate_with(cfg.task)
 
 
 def run_config(run_dir: str | Path) -> tuple[DictConfig, RunFolder]:

@@ -41,9 +41,10 @@ OUTSIDE_PATHS = ("pretrained", "export_dir", "ipet_parent", "wandb/dir")
 # written as it is (a W&B group named after a sweep folder is a name, not a path to follow).
 PATH_EXTRAS = ("test_set", "data/files", "data/sampled_ids")
 # JSON keys of the typed fields whose names are not valid Python names.
-KEYS = {"val_acc": "val/acc", "test_acc": "test/acc", "wandb_dir": "wandb/dir"}
+KEYS = {"val_acc": "val/acc", "test_acc": "test/acc", "heldout_acc": "heldout/acc", "wandb_dir": "wandb/dir"}
 # Written even when None (what every train.py run reports); the other typed keys only when set.
-ALWAYS = ("stage", "task", "split", "seed", "model", "pretrained", "val_acc", "test_acc", "test_set", "predictions",
+ALWAYS = ("stage", "task", "split", "seed", "model", "pretrained", "val_acc", "test_acc", "heldout_acc", "test_set",
+          "predictions",
           "checkpoint", "config", "global_step", "zero_shot", "tuned")
 
 
@@ -59,11 +60,15 @@ class RunResults:
     pretrained: str | None = None  # a hub name, or the encoder's folder
     val_acc: float | None = None
     test_acc: float | None = None
+    # Labelled rows the run never trained on or selected with, scored with the selected checkpoint (data/heldout_*).
+    heldout_acc: float | None = None
     test_set: str | None = None
     predictions: str | None = None
     checkpoint: str | None = None  # None: not kept (keep_checkpoints=false) or none written
     config: str | None = None
     global_step: int | None = None
+    eval_precision: str | None = None  # what validation, test and prediction ran in (float32, bfloat16)
+    timing: dict[str, float] | None = None  # seconds per phase (callbacks/phase_times.py, train.py)
     zero_shot: bool = False
     tuned: str | None = None  # conf/tuned/<task>_<stage>.yaml, relative to the repository
     export_dir: str | None = None

@@ -75,8 +75,8 @@ class TaskRowsDataModule(LightningDataModule):
         self.train_rows = [*self.labelled_rows, *rows]
 
     @property
-    def has_test_labels(self) -> bool:
-        return self.test_rows is not None
+    def evaluation_sets(self) -> tuple[str, ...]:
+        return tuple(name for name, rows in (("test", self.test_rows), ("heldout", self.heldout_rows)) if rows)
 
     def held_out(self, candidates: list[Row], source: str) -> list[Row]:
         """At most ``heldout_max`` of ``candidates`` (drawn with the seed, kept in file order) whose text is
@@ -106,12 +106,13 @@ class TaskRowsDataModule(LightningDataModule):
 
     def unlabeled_rows(self) -> list[Row]:
         """Rows of unlabeled.json (the first ``max_unlabeled`` of them), or [] when the task has none. Rows whose
-        text is also a dev, test.json or test_public.json row are left out: pseudo-labelling them would train on
+        text is also a dev, held-out, test.json or test_public.json row are left out: pseudo-labelling them would train on
         the evaluated texts (eprstmt's unlabeled.json holds dozens of test.json texts word for word)."""
         if self._unlabeled_rows is None:
             path = self.unlabeled_path
             rows = self.read_unlabeled(path) if path else []
-            evaluated = {self._text_of(row) for row in [*self.val_rows, *self.predict_rows, *(self.test_rows or [])]}
+            evaluated = {self._text_of(row) for row in
+                         [*self.val_rows, *self.predict_rows, *(self.test_rows or []), *self.heldout_rows]}
             kept = [row for row in rows if self._text_of(row) not in evaluated]
             self.stats["data/unlabeled_overlap_dropped"] = len(rows) - len(kept)
             if len(kept) < len(rows):
@@ -161,10 +162,12 @@ class TaskRowsDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.val_rows)
 
-    def test_dataloader(self) -> DataLoader:
-        if self.test_rows is None:
-            raise RuntimeError("there is no labelled test set (has_test_labels is False)")
-        return self.loader(self.test_rows)
+    def test_dataloader(self) -> list[DataLoader]:
+        """One loader per labelled evaluation set, in the order of ``evaluation_sets``."""
+        rows = {"test": self.test_rows, "heldout": self.heldout_rows}
+        if not self.evaluation_sets:
+            raise RuntimeError("there is no labelled evaluation set (evaluation_sets is empty)")
+        return [self.loader(rows[name]) for name in self.evaluation_sets]
 
     def predict_dataloader(self) -> DataLoader:
         return self.loader(self.predict_rows)

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 from datamodules.errors import ConfigError
 from lightning_modules.encoders.char_vocab import char_tokenizer
@@ -98,6 +99,7 @@ class PretrainedMLM:
         if self.dropout is not None:
             overrides = {"hidden_dropout_prob": self.dropout, "attention_probs_dropout_prob": self.dropout}
         # Checkpoints may be stored in float16 (zh-mlm-small is): train in float32, let precision cast.
+        transformers_logging.disable_progress_bar()  # a bar per load in every log and predict.py call
         try:
             model = AutoModelForMaskedLM.from_pretrained(
                 self.pretrained, dtype=torch.float32, attn_implementation=self.attn_implementation, **overrides

@@ -181,6 +181,7 @@ class StageModule(LightningModule):
         self.random_ids = special_free_ids(tokenizer, self.vocab_size)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", ignore_index=IGNORE)
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", ignore_index=IGNORE)
+        self.heldout_acc = MulticlassAccuracy(num_classes=num_classes, average="micro", ignore_index=IGNORE)
         self.history: dict[str, deque] = {}
         # What results.json reports beyond train.py's own keys; callbacks add theirs (self_training).
         self.results: dict = {}
@@ -379,22 +380,26 @@ class StageModule(LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> StepOutput:
         return self._evaluate(batch, "val", self.val_acc)  # callbacks get it as ``outputs`` (W&B's prediction table)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_acc)
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """The labelled evaluation sets after training, one loader each (``StageData.evaluation_sets``):
+        ``test/...`` for the labelled test set, ``heldout/...`` for the held-out rows."""
+        datamodule = self.trainer.datamodule
+        split = datamodule.evaluation_sets[dataloader_idx] if datamodule is not None else "test"
+        self._evaluate(batch, split, self.heldout_acc if split == "heldout" else self.test_acc)
 
     def _evaluate(self, batch: dict, split: str, accuracy: MulticlassAccuracy) -> StepOutput:
         out = self.step(batch)
         size = self.batch_size(batch)
         if self.eval_loss in out.losses:
-            self.log(f"{split}/loss", out.losses[self.eval_loss], batch_size=size, sync_dist=True)
+            self.log(f"{split}/loss", out.losses[self.eval_loss], batch_size=size, sync_dist=True, add_dataloader_idx=False)
         for name, loss in out.losses.items():
-            self.log(f"{split}/loss_{name}", loss, batch_size=size, sync_dist=True)
+            self.log(f"{split}/loss_{name}", loss, batch_size=size, sync_dist=True, add_dataloader_idx=False)
         for name, value in out.metrics.items():
-            self.log(f"{split}/{name.split('/', 1)[-1]}", value, batch_size=size, sync_dist=True)
+            self.log(f"{split}/{name.split('/', 1)[-1]}", value, batch_size=size, sync_dist=True, add_dataloader_idx=False)
         predictions = out.log_probs.argmax(-1) if out.predictions is None else out.predictions
         if predictions.numel():
             accuracy(predictions, out.targets)
-            self.log(f"{split}/acc", accuracy, prog_bar=True, batch_size=size)
+            self.log(f"{split}/acc", accuracy, prog_bar=True, batch_size=size, add_dataloader_idx=False)
         return out
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
