@@ -17,7 +17,7 @@ from tests.helpers import ROOT, read_jsonl, run_cli
 
 
 def _run(root: Path, name: str, task: str, split: str, acc: float, verbalizer: str = "fuzzy", overrides=(),
-         file: str | None = None):
+         file: str | None = None, heldout: float | None = None):
     """A run directory as train.py leaves it; its one prediction row's label is the run's name."""
     run_dir = root / name
     (run_dir / ".hydra").mkdir(parents=True)
@@ -28,7 +28,7 @@ def _run(root: Path, name: str, task: str, split: str, acc: float, verbalizer: s
     prediction.parent.mkdir()
     prediction.write_text(json.dumps({"id": 0, "label": name}) + "\n")
     results = {"stage": "fuzzy_pet", "task": task, "split": split, "val/acc": acc, "test/acc": None,
-               "verbalizer": verbalizer, "predictions": str(prediction), "data/predict_rows": 1}
+               "heldout/acc": heldout, "verbalizer": verbalizer, "predictions": str(prediction), "data/predict_rows": 1}
     (run_dir / "results.json").write_text(json.dumps(results))
 
 
@@ -58,6 +58,16 @@ def test_report_numbers_by_hand(tmp_path):
         assert json.loads(archive.read("eprstmt_predict.json"))["label"] == "e0"  # not few_all (0.88), not split 4 (0.9)
         assert json.loads(archive.read("ocnli_predict.json"))["label"] == "ost0"  # 0.45 > fuzzy 0.40 > v1 0.30
     assert "a FewCLUE submission needs the 9 task files" in text
+
+
+def test_the_table_reports_heldout_accuracy_where_every_run_has_it_not_the_dev_rows_that_chose(tmp_path):
+    for i, (dev, heldout) in enumerate([(0.9, 0.6), (0.8, 0.7)]):
+        _run(tmp_path, f"h{i}", "eprstmt", str(i), dev, heldout=heldout)
+    text = report(tmp_path)
+    assert text.startswith("Accuracy (%): held-out accuracy")
+    assert "| eprstmt | fuzzy_pet | fuzzy | - | 2 | 65.00 ± 7.07 | - |" in text
+    _run(tmp_path, "h2", "eprstmt", "2", 0.7)  # a run without held-out rows: the table falls back to dev
+    assert report(tmp_path).startswith("Accuracy (%): dev accuracy")
 
 
 def test_a_swept_stage_setting_is_its_own_row(tmp_path):
