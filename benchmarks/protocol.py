@@ -1,0 +1,119 @@
+"""The FewCLUE protocol, timed: the default command (``python train.py task=T data.split=S``) per task and split,
+each in its own process as a user types it, with the seconds of every phase.
+
+    python benchmarks/protocol.py                                 # 9 tasks, split 0
+    python benchmarks/protocol.py --splits 0,1,2,3,4 --tasks eprstmt,bustm
+    python benchmarks/protocol.py --out runs/bench -- trainer.max_epochs=2   # overrides after --
+
+Each run writes into ``OUT/<task>/<split>`` (OUT: ``benchmarks/runs/protocol-<time>``); its results.json gives the
+phases (``timing``: start = process start to main, i.e. imports and config composition; data; model; trainer;
+train; validate; checkpoint writes; test = the labelled test and held-out rows; predict = test.json) and the
+accuracies. The table (``OUT/protocol.md``, also printed) adds the wall time of the whole process, the machine
+(CPU model, cores) and the commit, and a total per column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from datamodules.runs.results import RunFolder
+from datamodules.tasks.task_configs import FEWCLUE_SPLITS, FEWCLUE_TASKS
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = ("start", "data", "model", "train", "validate", "checkpoint", "test", "predict")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", default=",".join(FEWCLUE_TASKS), help="comma-separated FewCLUE tasks")
+    parser.add_argument("--splits", default="0", help=f"comma-separated splits of {', '.join(FEWCLUE_SPLITS)}")
+    parser.add_argument("--out", type=Path, help="where the runs and the table go")
+    parser.add_argument("overrides", nargs="*", help="train.py overrides for every run (after --)")
+    return parser.parse_args(argv)
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return done.stdout.strip() + ("+changes" if dirty else "") if done.returncode == 0 else "unknown"
+
+
+def run_one(task: str, split: str, out: Path, overrides: list[str]) -> dict:
+    run_dir = out / task / split
+    command = [sys.executable, str(ROOT / "train.py"), f"task={task}", f"data.split={split}",
+               f"hydra.run.dir={run_dir}", *overrides]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    row = {"task": task, "split": split, "wall": round(wall, 1), "exit": done.returncode}
+    if done.returncode != 0:
+        row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return row
+    results = RunFolder(run_dir).results
+    row.update({"val/acc": results.val_acc, "heldout/acc": results.heldout_acc, "test/acc": results.test_acc,
+                "eval_precision": results.eval_precision, **(results.timing or {})})
+    return row
+
+
+def _cell(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if isinstance(value, float) and digits == 100 else f"{value:.{digits}f}"
+
+
+def table(rows: list[dict], header: str) -> str:
+    columns = ["task", "split", "wall s", *PHASES, "val/acc", "heldout/acc"]
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        if row["exit"] != 0:
+            lines.append(f"| {row['task']} | {row['split']} | {row['wall']:.0f} | exit {row['exit']}: {row['error']} |")
+            continue
+        phases = [_cell(row.get(phase)) for phase in PHASES]
+        lines.append("| " + " | ".join([row["task"], row["split"], f"{row['wall']:.0f}", *phases,
+                                         _cell(row.get("val/acc"), 100), _cell(row.get("heldout/acc"), 100)]) + " |")
+    finished = [row for row in rows if row["exit"] == 0]
+    totals = [f"{sum(row.get(phase) or 0.0 for row in finished):.0f}" for phase in PHASES]
+    lines.append("| **total** | | " + f"{sum(row['wall'] for row in rows):.0f} | " + " | ".join(totals) + " | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = args.out or ROOT / "benchmarks" / "runs" / f"protocol-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    tasks, splits = args.tasks.split(","), args.splits.split(",")
+    rows = []
+    for task in tasks:
+        for split in splits:
+            rows.append(run_one(task, split, out, args.overrides))
+            print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+    header = (f"The default command per task and split (`python train.py task=T data.split=S "
+              f"{' '.join(args.overrides)}`), seconds per phase; accuracy (%) on dev (chose the checkpoint) and on "
+              f"the held-out rows. Machine: {machine()}. Commit {commit()}, {datetime.date.today()}.")
+    text = table(rows, header)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "protocol.md").write_text(text, encoding="utf-8")
+    (out / "protocol.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

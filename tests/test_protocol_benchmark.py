@@ -1,0 +1,20 @@
+"""benchmarks/protocol.py's table: phases and accuracies read back from run folders, totals by hand."""
+
+from __future__ import annotations
+
+from benchmarks.protocol import PHASES, table
+
+
+def test_the_table_has_a_row_per_run_and_totals_per_phase():
+    rows = [
+        {"task": "eprstmt", "split": "0", "wall": 30.4, "exit": 0, "val/acc": 0.75, "heldout/acc": 0.6650,
+         **dict.fromkeys(PHASES, 1.0), "train": 12.0},
+        {"task": "bustm", "split": "0", "wall": 20.0, "exit": 0, "val/acc": 0.5, "heldout/acc": None,
+         **dict.fromkeys(PHASES, 2.0)},
+        {"task": "chid", "split": "0", "wall": 5.0, "exit": 2, "error": "error: something"},
+    ]
+    lines = table(rows, "header").splitlines()
+    assert lines[4] == "| eprstmt | 0 | 30 | 1.0 | 1.0 | 1.0 | 12.0 | 1.0 | 1.0 | 1.0 | 1.0 | 75.0 | 66.5 |"
+    assert lines[5] == "| bustm | 0 | 20 | 2.0 | 2.0 | 2.0 | 2.0 | 2.0 | 2.0 | 2.0 | 2.0 | 50.0 | - |"
+    assert lines[6] == "| chid | 0 | 5 | exit 2: error: something |"
+    assert lines[7] == "| **total** | | 55 | 3 | 3 | 3 | 14 | 3 | 3 | 3 | 3 | | |"
