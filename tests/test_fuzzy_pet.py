@@ -58,6 +58,28 @@ def test_fuzzy_training_loss_is_the_mean_over_sets_and_evaluation_pools_every_wo
         assert module.class_log_probs(batch).exp() == pytest.approx(pooled, abs=1e-5)
 
 
+def test_pooled_objective_trains_on_the_distribution_evaluation_scores(make_config):
+    """stage.objective=pooled: the training loss is the cross-entropy of p(class) ∝ Σ p(word) over every word of
+    the class in every set, the distribution that evaluation scores; per_set averages each set's own."""
+    torch.manual_seed(0)
+    module, datamodule = _module(make_config, ["task=ocnli", "stage.objective=pooled"])
+    batch = module.collate(datamodule.train_rows[:4])
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = 0.0  # training mode without dropout: the same scores as evaluation
+    with torch.no_grad():
+        evaluated = module.class_log_probs(batch)
+        module.train()
+        pooled_loss = module.step(batch).losses["cloze"]
+        module.objective = "per_set"
+        per_set_loss = module.step(batch).losses["cloze"]
+    labels = batch["labels"]
+    by_hand = -sum(evaluated[i, labels[i]] for i in range(4)) / 4
+    assert pooled_loss.item() == pytest.approx(by_hand.item(), abs=1e-5)
+    assert per_set_loss.item() == pytest.approx(training_loss(module.eval(), batch).item(), abs=1e-5)
+    assert abs(pooled_loss.item() - per_set_loss.item()) > 1e-4  # two objectives, not one
+
+
 def test_slots_longest_scores_every_word_on_one_input_with_the_longest_words_masks(make_config):
     torch.manual_seed(0)
     module, datamodule = _module(make_config, ["task=ocnli", "stage.slots=longest", "stage.word_score=calibrated"])

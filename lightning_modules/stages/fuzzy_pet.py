@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 # exact: one forward pass per distinct word length, each word on exactly its number of [MASK] slots;
 # longest: one pass with the longest word's number of slots, a shorter word scored at the first of them.
 SLOTS = ("exact", "longest")
+# What training minimises: pooled (the cross-entropy of the class distribution evaluation scores: p(class) from all
+# words of all sets in use, the seed system's probability sum) or per_set (the mean of each set's own cross-entropy).
+OBJECTIVES = ("pooled", "per_set")
 
 
 class FuzzyPetModule(StageModule):
@@ -71,6 +74,7 @@ class FuzzyPetModule(StageModule):
         mask_prob: float,
         debug: bool,
         slots: str,
+        objective: str,
     ) -> None:
         if not 0.0 <= mlm_weight < 1.0:
             raise ConfigError(f"stage.mlm_weight={mlm_weight}; allowed: 0 <= mlm_weight < 1")
@@ -85,6 +89,8 @@ class FuzzyPetModule(StageModule):
             raise ConfigError(f"stage.pooling={pooling!r}; allowed: {list(POOLINGS)}")
         if slots not in SLOTS:
             raise ConfigError(f"stage.slots={slots!r}; allowed: {list(SLOTS)}")
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"stage.objective={objective!r}; allowed: {list(OBJECTIVES)}")
         if not task.patterns:
             raise ConfigError(f"task {task.name!r}: task.patterns is empty; give at least one pattern with {{mask}}")
         if not 0 <= pattern < len(task.patterns):
@@ -95,6 +101,7 @@ class FuzzyPetModule(StageModule):
         self.word_score = word_score
         self.pooling = pooling
         self.slots = slots
+        self.objective = objective
         self._prior: torch.Tensor | None = None  # content-free word scores, cached between weight updates
         self.max_length = max_length
         self.mlm_weight = mlm_weight
@@ -108,7 +115,7 @@ class FuzzyPetModule(StageModule):
         self.multiple_choice = task.kind == "multiple_choice"
         self.set_names: list[str] = []
         self.results.update(verbalizer=self.verbalizer_name, verbalizer_sets=None, aggregation=aggregation,
-                            word_score=word_score, pooling=pooling, slots=slots, pattern=self.pattern_encoder.template)
+                            word_score=word_score, pooling=pooling, slots=slots, objective=objective, pattern=self.pattern_encoder.template)
         if self.multiple_choice:
             self.words = None
             self.lengths: list[int] = []
@@ -252,11 +259,14 @@ class FuzzyPetModule(StageModule):
                                       self.pooling)
 
     def step(self, batch: dict) -> StepOutput:
-        """Training: the mean over label-word sets of each set's cross-entropy; evaluation: all words pooled."""
+        """Training: the cross-entropy of the pooled class distribution (``objective: pooled``, what evaluation
+        scores) or the mean over label-word sets of each set's own (``per_set``); evaluation: the pooled one."""
         scores = self.word_scores(batch)
         labels = batch["labels"]
-        if self.training and not self.multiple_choice:
+        if self.training and not self.multiple_choice and self.objective == "per_set":
             return StepOutput({"cloze": self.mean_set_loss(scores, labels)}, targets=labels)
+        if self.training:
+            return StepOutput({"cloze": F.nll_loss(self.pooled(scores), labels)}, targets=labels)
         log_probs = self.pooled(scores)
         return StepOutput({"cloze": F.nll_loss(log_probs, labels)}, log_probs, targets=labels,
                           metrics=self.set_accuracies(scores, labels))
