@@ -7,7 +7,8 @@ loop the weights are cast to bf16, and the float32 tensors are put back before a
 module (Lightning runs checkpoint callbacks after all others, so ``best.ckpt`` holds float32 weights).
 
 ``dtype: auto`` uses bf16 where the CPU has the units and the run trains in 32-bit on a CPU; ``float32``
-keeps every loop in float32; ``bfloat16`` forces bf16 evaluation (slow where the CPU lacks the units).
+keeps every loop in float32; ``bfloat16`` forces bf16 evaluation (slow where the CPU lacks the units). Under
+DeepSpeed the engine owns the (partitioned) weights and evaluation stays in the run's precision.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class EvalPrecision(Callback):
         self._float32: dict[str, torch.Tensor] = {}
 
     def _lower(self, trainer: Trainer, module: LightningModule) -> None:
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        if isinstance(trainer.strategy, DeepSpeedStrategy):
+            self.used = torch.float32 if str(trainer.precision) in ("32-true", "32") else None
+            return
         self.used = evaluation_dtype(self.dtype, trainer.strategy.root_device, str(trainer.precision))
         if self.used == torch.float32 or self._float32:
             return
