@@ -20,7 +20,7 @@ from tests.helpers import ROOT, cli_environment, run_cli, with_test_defaults
 from tests.test_strategies import clean_rank_environment, free_port  # noqa: F401 (autouse fixture)
 
 # Several epochs of a few steps each (eprstmt split 0: 32 rows), so that an interruption lands mid-run.
-RESUMABLE = ["trainer.max_epochs=6", "data.batch_size=8", "trainer.limit_predict_batches=1", "logger=none"]
+RESUMABLE = ["trainer.max_epochs=6", "callbacks.last_checkpoint.min_interval_s=0", "data.batch_size=8", "trainer.limit_predict_batches=1", "logger=none"]
 
 
 def one_error_line(done: subprocess.CompletedProcess, prefix: str = "error:") -> str:
