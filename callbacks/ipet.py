@@ -1,8 +1,9 @@
 """iPET (``stage=distill distill.generations=N``): generations of teachers that label data for each other.
 
 Generation g retrains every teacher of generation g-1 from its own config (same pattern, label words,
-encoder; self-training off) on the labelled rows plus ``growth``^g × as many rows labelled by an
-ensemble of a random ``share`` of the *other* teachers (at least one; PET's λ = 0.25, d = 5).
+encoder; self-training off) on a training set ``growth``^g times the labelled rows (PET's d^g |T|): the labelled rows
+plus (``growth``^g - 1) × as many rows labelled by an ensemble of a random ``share`` of the *other* teachers (at
+least one; PET's λ = 0.25, d = 5).
 The given teachers are scored on the unlabeled rows when first needed (their selected checkpoints, cached in
 their folders); each new run, which keeps no checkpoint, scores them at its end (``callbacks/unlabeled_probs.py``),
 so it can teach the next generation; the distillation then uses the last generation. Runs go to
@@ -83,7 +84,7 @@ def run_generations(cfg: DictConfig, train_one: Callable[[DictConfig, list, dict
             run_cfg = generation_config(Path(teacher), output_dir)
             log.info("iPET generation %d, run %d: %s retrained with rows labelled by %s", generation, i, teacher, chosen)
             parent = RunFolder(teacher).results
-            callbacks = [ScoreTeachers(ensemble), PseudoLabels(ensemble, int(distill.growth) ** generation),
+            callbacks = [ScoreTeachers(ensemble), PseudoLabels(ensemble, int(distill.growth) ** generation - 1),
                          UnlabeledProbs(str(output_dir), SCORING_BATCH)]
             train_one(run_cfg, callbacks,
                       {"stage": parent.stage, "model": parent.model, "generation": generation,

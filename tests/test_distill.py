@@ -159,7 +159,7 @@ def test_ipet_generation_labels_a_growing_share_for_each_teacher_and_distils_the
     for i, (child, t) in enumerate(zip(runs, results["teachers"])):
         assert child["generation"] == 1 and child["stage"] == "fuzzy_pet"
         assert child["ipet_parent"] == str(teachers / str(i)) and child["ipet_teachers"] == [str(teachers / str(1 - i))]
-        # growth^1 x 32 labelled rows, split 16/16 as the labelled rows are; at most 24 unlabeled rows exist.
+        # (growth^1 - 1) x 32 labelled rows = 32, split 16/16 as the labelled rows are; at most 24 unlabeled rows exist.
         assert child["ipet_pseudo_labelled"] == sum(child["ipet_kept_per_class"]) <= 24
         assert all(k <= 32 for k in child["ipet_kept_per_class"])
         # A generation's run keeps no checkpoint: it scored its unlabeled rows at its end, for the distillation.
