@@ -18,10 +18,12 @@ from datamodules.errors import ConfigError
 
 
 class ResumeCheckpoint(ModelCheckpoint):
-    def __init__(self, min_interval_s: float, **kwargs) -> None:
+    def __init__(self, min_interval_s: float, dirpath: str, filename: str, monitor: str | None, save_top_k: int,
+                 save_weights_only: bool, enable_version_counter: bool) -> None:
         if isinstance(min_interval_s, bool) or not isinstance(min_interval_s, (int, float)) or min_interval_s < 0:
             raise ConfigError(f"callbacks.last_checkpoint.min_interval_s={min_interval_s!r}; allowed: a number >= 0")
-        super().__init__(**kwargs)
+        super().__init__(dirpath=dirpath, filename=filename, monitor=monitor, save_top_k=save_top_k,
+                         save_weights_only=save_weights_only, enable_version_counter=enable_version_counter)
         self.min_interval_s = float(min_interval_s)
         self._written_at = time.monotonic()
 

@@ -47,6 +47,7 @@ class TaskData(StageData, Protocol):
     train_rows: list
     val_rows: list
     batch_size: int
+    eval_batch_size: int
 
     def unlabeled_rows(self) -> list:
         """The task's unlabeled rows (capped by ``data.max_unlabeled``); [] when it has none."""

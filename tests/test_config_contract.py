@@ -118,8 +118,8 @@ def test_distill_settings_have_one_place_the_user_facing_distill_keys(make_confi
     assert "teachers" not in cfg.stage  # stage.teachers cannot be overridden apart from distill.*
     derive_teachers(cfg)
     assert OmegaConf.to_container(cfg.stage.teachers, resolve=True) == {
-        "_target_": "datamodules.teachers.ensemble.TeacherEnsemble", "teachers": str(tmp_path), "weighting": "dev_acc",
-        "temperature": 1.5}
+        "_target_": "datamodules.teachers.ensemble.TeacherEnsemble", "teachers": str(tmp_path),
+        "weighting": "train_acc_before", "temperature": 1.5}
 
 
 def test_one_place_for_the_fewclue_folder():

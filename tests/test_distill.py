@@ -22,11 +22,13 @@ from tests.helpers import read_jsonl, run_cli
 from train import build, run, train
 
 
-def fake_teacher(run_dir, val_acc, ids, probs, task="eprstmt", split="0", generation=None):
+def fake_teacher(run_dir, val_acc, ids, probs, task="eprstmt", split="0", generation=None, before=None):
     run_dir.mkdir(parents=True)
     torch.save({"task": task, "split": split, "labels": ["Negative", "Positive"], "ids": ids,
                 "probs": torch.tensor(probs)}, run_dir / "unlabeled_probs.pt")
     results = {"val/acc": val_acc, "task": task, "split": split}
+    if before is not None:
+        results["train/acc_before"] = before
     if generation is not None:
         results["generation"] = generation
     (run_dir / "results.json").write_text(json.dumps(results))
@@ -62,6 +64,16 @@ def test_ensemble_weights_teachers_by_dev_accuracy_and_keeps_rows_every_teacher_
     # Teacher 1 says class 0 for id 2, teacher 0 says class 1: they agree on id 1 only.
     assert ensemble.agreement([1, 2]) == 0.5
     assert TeacherEnsemble([str(a)], "uniform", 1.0).weights().tolist() == [1.0]
+
+
+def test_pets_rule_weights_teachers_by_their_accuracy_on_the_training_rows_before_training(tmp_path):
+    fake_teacher(tmp_path / "sweep" / "0", 0.9, [1], [[0.9, 0.1]], before=0.25)
+    fake_teacher(tmp_path / "sweep" / "1", 0.5, [1], [[0.6, 0.4]], before=0.75)
+    assert TeacherEnsemble(str(tmp_path / "sweep"), "train_acc_before", 2.0).weights().tolist() == pytest.approx(
+        [0.25, 0.75])  # the dev accuracies (0.9, 0.5) play no part
+    fake_teacher(tmp_path / "old", 0.5, [1], [[0.6, 0.4]])
+    with pytest.raises(ConfigError, match=r"old has no train/acc_before .* use distill.weighting=dev_acc or uniform"):
+        TeacherEnsemble([str(tmp_path / "sweep" / "0"), str(tmp_path / "old")], "train_acc_before", 2.0).weights()
 
 
 def test_ensemble_refusals_name_the_problem(tmp_path):
@@ -119,6 +131,12 @@ def test_distill_trains_one_classifier_on_the_soft_labels_plus_the_labelled_rows
         assert (saved["task"], saved["split"], saved["labels"]) == ("eprstmt", "0", ["Negative", "Positive"])
     assert [t["run"] for t in results["teachers"]] == [str(teachers / "0"), str(teachers / "1")]
     assert sum(t["weight"] for t in results["teachers"]) == pytest.approx(1.0)
+    # PET's weights: each teacher's untrained cloze on its 32 training rows (a count of 32), measured at its start.
+    before = [RunFolder(teachers / p).results.extras["train/acc_before"] for p in ("0", "1")]
+    assert all(b * 32 == round(b * 32) for b in before)
+    assert [t["train/acc_before"] for t in results["teachers"]] == before
+    if sum(before):
+        assert [t["weight"] for t in results["teachers"]] == pytest.approx([b / sum(before) for b in before], abs=1e-5)
     assert results["distill_rows"] == 24 and results["generation"] == 0 and 0 <= results["distill_agreement"] <= 1
     assert len(r.datamodule.train_rows) == 32 + 24 and results["global_step"] == math.ceil(56 / 16)
     assert results["val/acc"] is not None and len(read_jsonl(results["predictions"])) == 64

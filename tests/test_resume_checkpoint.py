@@ -26,4 +26,4 @@ def test_last_ckpt_waits_for_its_interval(make_config, interval, written):
 
 def test_a_negative_interval_names_the_key():
     with pytest.raises(ConfigError, match=r"callbacks.last_checkpoint.min_interval_s=-1; allowed: a number >= 0"):
-        ResumeCheckpoint(-1, dirpath="x", filename="last")
+        ResumeCheckpoint(-1, "x", "last", None, 1, False, False)

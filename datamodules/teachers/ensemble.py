@@ -9,8 +9,9 @@ and the probabilities are cached in its folder (``unlabeled_probs.pt``: ``{"task
 ``data.max_unlabeled``) is computed again. A teacher that kept no checkpoint (``keep_checkpoints=false``) can
 teach only rows its cache holds (iPET's generations and ``callbacks/unlabeled_probs.py`` write one at the end
 of training). As in PET, the teachers' log-probabilities are averaged with weights proportional to each run's
-dev accuracy (``weighting: dev_acc``; or ``uniform``), and the soft label of a row is
-``softmax(mean / temperature)``.
+accuracy on its training rows before training (``weighting: train_acc_before``, results.json
+``train/acc_before``; or ``dev_acc``, the dev accuracy that also chose the run's checkpoint; or ``uniform``), and
+the soft label of a row is ``softmax(mean / temperature)``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from datamodules.runs.results import RESULTS_FILE, UNLABELED_PROBS_FILE, RunFold
 
 log = logging.getLogger(__name__)
 
-WEIGHTINGS = ("dev_acc", "uniform")
+# train_acc_before (PET: each teacher's untrained cloze's accuracy on its training rows, no dev row involved),
+# dev_acc (the dev accuracy that also chose the teacher's checkpoint), uniform.
+WEIGHTINGS = ("train_acc_before", "dev_acc", "uniform")
 
 
 @dataclass
@@ -43,6 +46,7 @@ class SoftRow(Row):
 class Teacher:
     run_dir: Path
     val_acc: float
+    train_acc_before: float | None  # None: a teacher trained before runs measured it
     task: str
     split: str
     generation: int  # 0 for a plain run; g for a run of iPET's generation g
@@ -139,8 +143,9 @@ def load_teacher(run_dir: Path) -> Teacher:
         saved = torch.load(RunFolder(run_dir).unlabeled_probs_path, weights_only=True)
         task, split = task or saved["task"], split if split is not None else saved["split"]
     val_acc = results.val_acc
-    return Teacher(run_dir, float(val_acc) if val_acc is not None else 0.0, str(task), str(split),
-                   int(results.generation or 0))
+    before = results.extras.get("train/acc_before")
+    return Teacher(run_dir, float(val_acc) if val_acc is not None else 0.0,
+                   float(before) if before is not None else None, str(task), str(split), int(results.generation or 0))
 
 
 class TeacherEnsemble:
@@ -169,9 +174,16 @@ class TeacherEnsemble:
         return self.teachers[0].split
 
     def weights(self) -> torch.Tensor:
-        """One weight per teacher, summing to 1: proportional to dev accuracy (PET), or equal."""
+        """One weight per teacher, summing to 1: proportional to the untrained cloze's training-set accuracy (PET),
+        to dev accuracy, or equal."""
         if self.weighting == "uniform":
             raw = torch.ones(len(self.teachers))
+        elif self.weighting == "train_acc_before":
+            unmeasured = [str(t.run_dir) for t in self.teachers if t.train_acc_before is None]
+            if unmeasured:
+                raise ConfigError(f"distill.weighting=train_acc_before: {unmeasured[0]} has no train/acc_before in its "
+                                  f"results.json (a run of an older version); use distill.weighting=dev_acc or uniform")
+            raw = torch.tensor([t.train_acc_before for t in self.teachers], dtype=torch.float)
         else:
             raw = torch.tensor([t.val_acc for t in self.teachers], dtype=torch.float)
             if raw.sum() <= 0:
@@ -224,5 +236,6 @@ class TeacherEnsemble:
         return [SoftRow(**{**vars(rows[n]), "label": int(s.argmax())}, soft=s.tolist()) for n, s in zip(kept, soft)]
 
     def summary(self) -> list[dict]:
-        return [{"run": str(t.run_dir), "val/acc": t.val_acc, "weight": round(float(w), 6)}
+        return [{"run": str(t.run_dir), "val/acc": t.val_acc, "train/acc_before": t.train_acc_before,
+                 "weight": round(float(w), 6)}
                 for t, w in zip(self.teachers, self.weights())]

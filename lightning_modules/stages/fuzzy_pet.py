@@ -49,6 +49,8 @@ SLOTS = ("exact", "longest")
 # What training minimises: pooled (the cross-entropy of the class distribution evaluation scores: p(class) from all
 # words of all sets in use, the seed system's probability sum) or per_set (the mean of each set's own cross-entropy).
 OBJECTIVES = ("pooled", "per_set")
+# results.json: the untrained cloze's accuracy on the training rows (PET's teacher weight, datamodules/teachers).
+TRAIN_ACC_BEFORE = "train/acc_before"
 
 
 class FuzzyPetModule(StageModule):
@@ -321,6 +323,25 @@ class FuzzyPetModule(StageModule):
             log.log(logging.INFO if self.debug else logging.DEBUG, "pattern: %s", line)
         if self.mlm_weight > 0 and not datamodule.unlabeled_rows():
             log.warning("task %s has no unlabeled data; the auxiliary MLM loss is skipped", self.task.name)
+        if self.global_step == 0 and rows and TRAIN_ACC_BEFORE not in self.results:
+            self.results[TRAIN_ACC_BEFORE] = self.accuracy_before_training(rows)
+
+    def accuracy_before_training(self, rows: list[Row]) -> float:
+        """The untrained cloze's accuracy on the training rows: PET's weight for this run as a teacher (it says how
+        well the pattern and words fit the task before the rows were learnt, with no dev row involved)."""
+        probs = self.class_probs(rows, self.trainer.datamodule.eval_batch_size)
+        labels = torch.tensor([row.label for row in rows])
+        return round(float((probs.argmax(-1) == labels).float().mean()), 6)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if TRAIN_ACC_BEFORE in self.results:  # a resumed run reports what its first start measured
+            checkpoint[TRAIN_ACC_BEFORE] = self.results[TRAIN_ACC_BEFORE]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if TRAIN_ACC_BEFORE in checkpoint:
+            self.results[TRAIN_ACC_BEFORE] = checkpoint[TRAIN_ACC_BEFORE]
 
     def filled_examples(self, row: Row | None) -> list[str]:
         """One filled pattern per class (the class's first word in the mask slot), for a sample row."""
