@@ -1,9 +1,8 @@
 """Self-training: pseudo-label unlabeled.json with the current model and keep training on it.
 
 Every ``epochs_per_round`` epochs (``rounds`` times) the callback scores the task's unlabeled rows
-with the module's ``class_log_probs`` and keeps the same number k of rows per class, each class's most
-confident ones (k: the count above ``threshold`` in the best-represented class, at most ``per_class``;
-see ``select_balanced``), and
+with the module's ``class_log_probs`` and keeps, for each class, its most confident rows among those predicted
+as it with at least ``threshold`` probability, at most ``per_class`` of them (``select_balanced``), and
 hands them to the DataModule (``set_pseudo_labelled``), which trains on the labelled rows plus
 these. ``stage=fuzzy_pet`` sets ``trainer.reload_dataloaders_every_n_epochs=1`` so the new rows
 are used, and the module restarts its learning-rate schedule over the remaining epochs.
@@ -92,14 +91,12 @@ class SelfTraining(Callback):
 
 
 def select_balanced(probs: torch.Tensor, threshold: float, per_class: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
-    """(row, class) pairs, the same number k for every class: each class's k most confident rows among those
-    predicted as it. k = the number of rows above ``threshold`` in the best-represented class, at most
-    ``per_class``, so one rare class never empties the round (a class with fewer predicted rows than k gives all
-    it has). Also their confidences. Nothing is kept only when no row reaches the threshold."""
-    confidence, predicted = probs.max(-1)
-    classes = probs.shape[1]
-    above = max(int(((predicted == c) & (confidence >= threshold)).sum()) for c in range(classes))
-    kept = most_confident_by_class(probs, [min(per_class, above)] * classes)
+    """(row, class) pairs: for each class, its most confident rows among those predicted as it with a probability
+    of at least ``threshold``, at most ``per_class`` (the cap keeps a frequent class from flooding the training
+    rows; a row below the threshold is never kept, whatever its class). Also their confidences."""
+    confidence, _ = probs.max(-1)
+    sure = (confidence >= threshold).nonzero().flatten()
+    kept = [(int(sure[i]), c) for i, c in most_confident_by_class(probs[sure], [per_class] * probs.shape[1])]
     values = torch.tensor([float(confidence[i]) for i, _ in kept])
     return kept, values
 

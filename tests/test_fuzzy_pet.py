@@ -163,15 +163,14 @@ def test_bad_stage_settings_name_the_key(make_config):
         _module(make_config, ["task=eprstmt", "stage.aggregation=max"])
 
 
-def test_select_balanced_keeps_the_same_number_per_class_from_each_classs_most_confident_rows():
+def test_select_balanced_keeps_each_classs_most_confident_rows_above_the_threshold_capped_per_class():
     probs = torch.tensor([[0.95, 0.05], [0.99, 0.01], [0.2, 0.8], [0.08, 0.92], [0.91, 0.09], [0.6, 0.4]])
     kept, confidence = select_balanced(probs, threshold=0.9, per_class=10)
-    # class 0 has 3 rows above 0.9 (1, 0, 4), class 1 one (3): k = 3 from each class's most confident rows,
-    # and class 1, predicted for only 2 rows (3, 2), gives both instead of emptying the round.
-    assert kept == [(1, 0), (0, 0), (4, 0), (3, 1), (2, 1)]
-    assert confidence.tolist() == pytest.approx([0.99, 0.95, 0.91, 0.92, 0.8])
-    assert select_balanced(probs, 0.9, per_class=2)[0] == [(1, 0), (0, 0), (3, 1), (2, 1)]
-    assert select_balanced(probs, 0.99, 10)[0] == [(1, 0), (3, 1)]
+    # class 0 has 3 rows above 0.9 (1, 0, 4), class 1 one (3); row 2 (class 1 at 0.8) stays out: below the threshold.
+    assert kept == [(1, 0), (0, 0), (4, 0), (3, 1)]
+    assert confidence.tolist() == pytest.approx([0.99, 0.95, 0.91, 0.92])
+    assert select_balanced(probs, 0.9, per_class=2)[0] == [(1, 0), (0, 0), (3, 1)]
+    assert select_balanced(probs, 0.99, 10)[0] == [(1, 0)]  # class 1 has no row at 0.99: it gives none
     assert select_balanced(probs, 0.999, 10)[0] == []
 
 
