@@ -111,8 +111,13 @@ def test_datamodule_builds_every_task_and_samples_by_the_rule(shared_fewclue, tm
     assert sum(dm.mixing.values()) == pytest.approx(1.0)
     total = sum(n ** 0.5 for n in dm.counts.values())
     assert dm.mixing["iflytek"] == pytest.approx(3712 ** 0.5 / total)
-    # Unlabeled texts come from the tasks that have an unlabeled.json (eprstmt, bustm, tnews, chid).
+    # Unlabeled texts come from the tasks that have an unlabeled.json (eprstmt, bustm, tnews, chid), never a text of a
+    # dev or test row (eprstmt's unlabeled.json repeats test.json texts word for word).
     assert len(dm.mlm_texts) > 50_000
+    task = next(spec for spec in dm.specs if spec.name == "eprstmt")
+    evaluated = {row.fields["sentence"] for name in ("test.json", "dev_0.json")
+                 for row in read_rows(task, shared_fewclue / "eprstmt" / name, labelled=False)}
+    assert not evaluated & {t.text for t in dm.mlm_texts}
     dm.connect(lambda rows: rows, lambda texts: texts)
     loaders = dm.train_dataloader()
     assert set(loaders) == {"main", "mlm"} and len(loaders["main"]) == len(loaders["mlm"])

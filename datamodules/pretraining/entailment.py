@@ -19,7 +19,8 @@ scores rows: a row is right when its entailed description gets the highest entai
 among the row's pairs (a one-pair row: when the probability is on the right side of 0.5).
 
 A second loader gives masked-LM texts from ``unlabeled.json`` of every task that has one, for the
-weighted MLM loss of the stage; the two are combined batch by batch.
+weighted MLM loss of the stage, without the rows whose texts are a dev or test row's (``without_evaluated_texts``:
+the MLM never reads an evaluated text); the two are combined batch by batch.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from datamodules.pretraining.corpus import row_texts, split_long
+from datamodules.pretraining.corpus import row_texts, split_long, without_evaluated_texts
 from datamodules.epoch_shuffle import EpochShuffle, fixed_generator
 from datamodules.tasks.download import locate_task_dir, split_files
 from datamodules.tasks.rows import Row, read_rows
@@ -225,7 +226,8 @@ class EntailmentDataModule(LightningDataModule):
             counts[spec.name] = len(train)
             unlabeled = folder / "unlabeled.json"
             if self.unlabeled and unlabeled.is_file() and unlabeled.stat().st_size > 0:
-                rows = read_rows(spec, unlabeled, labelled=False, allow_empty=True)[: self.max_unlabeled_per_task]
+                rows = read_rows(spec, unlabeled, labelled=False, allow_empty=True)
+                rows = without_evaluated_texts(spec, folder, rows)[: self.max_unlabeled_per_task]
                 self.mlm_texts += [MlmText(piece) for row in rows for text in row_texts(spec, row)
                                    for piece in split_long(text, self.max_chars)]
         if not self.train_pairs:
