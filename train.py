@@ -8,6 +8,7 @@ loggers, trainer, each instantiated from its config group;
 from __future__ import annotations
 
 import logging
+import difflib
 import re
 import shutil
 import signal
@@ -382,20 +383,37 @@ KEYS_LIVING_ELSEWHERE = {
 }
 
 
-def one_line_composition_error(message: str) -> str:
-    """Hydra's composition message in one line: the key (and the allowed options) without the search path."""
+# Keys of the own-files DataModule (conf/data/files.yaml): typed without data=files, they name it.
+FILES_KEYS = ("data.train", "data.dev", "data.test", "data.predict", "data.unlabeled", "data.shots", "data.dev_shots",
+              "data.sample_seed", "data.ids_file")
+
+
+def one_line_composition_error(message: str, known_keys: list[str] = ()) -> str:
+    """Hydra's composition message in one line: the key (and the allowed options) without the search path, and
+    the fix where one is likely: the closest key of ``known_keys`` for a typo, data=files for an own-files key,
+    hydra.searchpath for a task that is not in conf/task."""
     message = message.split("Config search path")[0]
     key = re.search(r"Could not override '([^']+)'", message)
     if key:
-        hint = next((f"; {where}" for prefix, where in KEYS_LIVING_ELSEWHERE.items()
-                     if key.group(1).startswith(prefix)), "")
-        return f"{key.group(1)} is not a key of this configuration (to add one anyway: +{key.group(1)}=...){hint}"
+        name = key.group(1)
+        hint = next((f"; {where}" for prefix, where in KEYS_LIVING_ELSEWHERE.items() if name.startswith(prefix)), "")
+        if name in FILES_KEYS:
+            return f"{name} is a key of data=files (a task's rows from your own files): add data=files"
+        close = difflib.get_close_matches(name, [*known_keys, *FILES_KEYS], n=1, cutoff=0.8)
+        if close:
+            where = " (a key of data=files: add data=files)" if close[0] not in known_keys else ""
+            return f"{name} is not a key of this configuration; did you mean {close[0]}{where}?{hint}"
+        return f"{name} is not a key of this configuration (to add one anyway: +{name}=...){hint}"
+    missing_task = re.search(r"Could not find 'task/([^']+)'", message)
     head, _, options = message.partition("Available options in")
     lines = [line.strip() for line in head.split("\n") if line.strip() and not line.strip().startswith(("full_key", "object_type"))]
     text = "; ".join(lines)
     if options:
         group, _, names = options.partition(":")
         text += f"; allowed in {group.strip()}: {', '.join(names.split())}"
+    if missing_task:
+        text += (f"; a task of your own: put {missing_task.group(1)}.yaml in <folder>/task/ and add "
+                 f"hydra.searchpath=[file:///absolute/path/to/<folder>]")
     return text
 
 
@@ -409,11 +427,47 @@ def composition_error(argv: list[str]) -> str | None:
     try:
         compose_train_config(argv)
     except HydraException as err:
-        return one_line_composition_error(str(err))
+        return one_line_composition_error(str(err), composable_keys(argv))
     return None
 
 
+def composable_keys(argv: list[str]) -> list[str]:
+    """Every dotted key of the config the overrides compose to without their key=value overrides (for a typo's
+    closest key); [] when even that does not compose."""
+    from hydra.errors import HydraException
+
+    groups = [arg for arg in argv if "=" in arg and "." not in arg.split("=", 1)[0] and not arg.startswith("+")]
+    try:
+        cfg = compose_train_config(groups)
+    except HydraException:
+        return []
+    keys: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        for key in node:
+            path = f"{prefix}{key}"
+            keys.append(path)
+            if OmegaConf.is_dict(node._get_node(key)):
+                walk(node._get_node(key), f"{path}.")
+
+    walk(cfg, "")
+    return keys
+
+
+def searchpath_warnings(argv: list[str]) -> list[str]:
+    """A hydra.searchpath entry that is not a folder is searched for nothing, silently; say so (the run would miss
+    the user's task files)."""
+    entries = [entry.strip().strip("'\"") for arg in argv if arg.startswith("hydra.searchpath=")
+               for entry in arg.split("=", 1)[1].strip("[]").split(",")]
+    folders = [(entry, entry.removeprefix("file://")) for entry in entries if entry and not entry.startswith("pkg://")]
+    return [f"warning: hydra.searchpath entry {entry!r}: {Path(folder).resolve()} is not a folder; nothing is searched "
+            "there (give an absolute path: hydra.searchpath=[file:///absolute/path])"
+            for entry, folder in folders if not Path(folder).is_dir()]
+
+
 if __name__ == "__main__":
+    for warning in searchpath_warnings(sys.argv[1:]):
+        print(warning, file=sys.stderr)
     problem = composition_error(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)

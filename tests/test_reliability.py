@@ -44,6 +44,11 @@ def one_error_line(done: subprocess.CompletedProcess, prefix: str = "error:") ->
         (["model.attn_implementation=flash"], "model.attn_implementation='flash'; allowed: ['sdpa', 'eager']"),
         (["stage=fuzzy_pet", "callbacks.self_training.threshold=2"], "callbacks.self_training.threshold=2; allowed: 0..1"),
         (["task=nope"], "allowed in 'task': bustm, chid, cluewsc"),
+        (["task=nope"], "a task of your own: put nope.yaml in <folder>/task/ and add hydra.searchpath=[file://"),
+        (["stage.optim.lrr=1"], "stage.optim.lrr is not a key of this configuration; did you mean stage.optim.lr?"),
+        (["data.shot=4"], "did you mean data.shots (a key of data=files: add data=files)?"),
+        (["data=files", "data.trian=a.csv"], "data.trian is not a key of this configuration; did you mean data.train?"),
+        (["data.train=a.csv"], "data.train is a key of data=files (a task's rows from your own files): add data=files"),
         (["trainer.max_epochs=0"], "would evaluate and predict with untrained weights"),
         (["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt: no such file"),
     ],
@@ -156,3 +161,12 @@ def test_a_signal_ends_the_run_honestly_and_resuming_gives_the_same_result(
                       env={"MASTER_PORT": str(free_port())})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert outcome(tmp_path / "stopped") == outcome(tmp_path / "straight")
+
+
+def test_a_search_path_that_is_not_a_folder_is_named_before_the_task_error(tmp_path, shared_fewclue):
+    done = run_cli(["hydra.searchpath=[file://my_task/conf]", "task=reviews", f"hydra.run.dir={tmp_path}/run"],
+                   cwd=tmp_path)
+    assert done.returncode == 2
+    warning = next(line for line in done.stderr.split("\n") if line.startswith("warning: hydra.searchpath"))
+    assert f"{tmp_path / 'my_task' / 'conf'} is not a folder" in warning
+    assert "a task of your own: put reviews.yaml in <folder>/task/" in one_error_line(done)
