@@ -11,8 +11,9 @@ the row's id (when the row has one), ``label`` (the official label), ``label_nam
     cat rows.csv | python predict.py RUN_DIR --input - --format csv
     python predict.py RUN_DIR --text "物流很快，包装完好。"
 
-Inputs: ``.json``/``.jsonl`` (JSON lines), ``.csv``, ``.tsv`` (header row), with the task's text fields;
-labels in the input are ignored. Rows go in the run's evaluation batches (``data.eval_batch_size``, longest
+Inputs: ``.json``/``.jsonl`` (JSON lines), ``.csv``, ``.tsv`` (header row), with the task's text fields, or
+``.txt`` / ``--format txt`` (one text per line for a task with one text field; ids are line numbers);
+labels in the input are ignored. Probabilities are rounded to 4 digits. Rows go in the run's evaluation batches (``data.eval_batch_size``, longest
 first), so test.json gets exactly the labels of the run's leaderboard file. A bad row stops with one line
 naming file:line:field and exit code 2.
 """
@@ -42,12 +43,27 @@ def read_input(task: TaskSpec, source: str | None, text: str | None, fmt: str | 
         data = json.dumps({task.text_fields[0]: text}, ensure_ascii=False).encode("utf-8")
         return read_rows(task, "--text", labelled=False, line_ids=True, data=data, fmt="jsonl")
     if source == "-":
-        return read_rows(task, "<stdin>", labelled=False, allow_empty=True, line_ids=True,
-                         data=sys.stdin.buffer.read(), fmt=fmt or "jsonl")
+        data = sys.stdin.buffer.read()
+        if fmt == "txt":
+            return plain_lines(task, "<stdin>", data)
+        return read_rows(task, "<stdin>", labelled=False, allow_empty=True, line_ids=True, data=data, fmt=fmt or "jsonl")
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"--input {source}: no such file")
+    if fmt == "txt" or (fmt is None and path.suffix == ".txt"):
+        return plain_lines(task, str(path), path.read_bytes())
     return read_rows(task, path, labelled=False, allow_empty=True, line_ids=True, fmt=fmt)
+
+
+def plain_lines(task: TaskSpec, name: str, data: bytes) -> list[Row]:
+    """One text per line (a task with one text field); a row's id is its line number, blank lines are skipped."""
+    if task.kind != "classification" or len(task.text_fields) != 1:
+        raise ConfigError(f"{name}: plain lines give one text per row, and task {task.name} reads {task.text_fields} "
+                          f"({task.kind}); give JSON lines, csv or tsv")
+    lines = data.decode("utf-8").splitlines()
+    rows = "".join(json.dumps({"id": n, task.text_fields[0]: line}, ensure_ascii=False) + "\n" if line.strip() else "\n"
+                   for n, line in enumerate(lines, start=1))
+    return read_rows(task, name, labelled=False, allow_empty=True, data=rows.encode("utf-8"), fmt="jsonl")
 
 
 def one_line(err: Exception) -> str:
@@ -66,8 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--input", help=f"rows to predict: a file ({', '.join(FORMATS)}) or - for stdin")
     what.add_argument("--text", help="one text (a task with one text field)")
-    parser.add_argument("--format", choices=sorted(set(FORMATS.values())),
-                        help="the input's format (default: by extension; jsonl for stdin)")
+    parser.add_argument("--format", choices=sorted({*FORMATS.values(), "txt"}),
+                        help="the input's format (default: by extension, .txt: one text per line; jsonl for stdin)")
     parser.add_argument("--output", default="-", help="where the JSON lines go (default: stdout)")
     parser.add_argument("--checkpoint", help="a .ckpt file or an export folder instead of the run's selected checkpoint")
     parser.add_argument("--batch-size", type=int, help="rows per batch (default: the run's data.eval_batch_size)")

@@ -57,7 +57,8 @@ def test_test_json_gives_exactly_the_leaderboard_labels_with_probabilities(run_d
     assert min(counts["Positive"], counts["Negative"]) > 0, counts  # both classes: the equality means something
     for row in predicted:
         assert set(row) == {"id", "label", "label_name", "probs"} and set(row["probs"]) == {"Negative", "Positive"}
-        assert abs(sum(row["probs"].values()) - 1.0) < 1e-9
+        assert abs(sum(row["probs"].values()) - 1.0) < 1e-3  # rounded to 4 digits
+        assert all(p == round(p, 4) for p in row["probs"].values())
         assert row["label"] == max(row["probs"], key=row["probs"].get)
         assert row["label_name"] == NAMES[row["label"]]
     assert "753 row(s) predicted with" in done.stderr and "checkpoints/best.ckpt" in done.stderr
@@ -151,3 +152,19 @@ def test_an_output_path_that_cannot_be_written_stops_before_any_row_is_predicted
         f"error: --output {tmp_path / 'no' / 'such' / 'out.jsonl'}: the folder {tmp_path / 'no' / 'such'} does not exist")
     assert onto_folder.stderr.splitlines()[-1] == f"error: --output {tmp_path} is a folder; give a file name"
     assert "predict:" not in missing.stderr + onto_folder.stderr  # no progress bar: nothing was predicted
+
+
+def test_plain_lines_from_a_txt_file_or_stdin_are_one_text_each_with_line_numbers_as_ids(run_dir, tmp_path):
+    texts = [row["sentence"] for row in read_jsonl(fewclue_dir() / "eprstmt" / "test.json")[:3]]
+    lines = tmp_path / "reviews.txt"
+    lines.write_text(f"{texts[0]}\n\n{texts[1]}\n{texts[2]}\n", encoding="utf-8")
+    from_txt = predict_cli(run_dir, "--input", lines)
+    from_stdin = predict_cli(run_dir, "--input", "-", "--format", "txt", stdin=lines.read_text(encoding="utf-8"))
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "sentence": t}, ensure_ascii=False) + "\n" for i, t in
+                             zip((1, 3, 4), texts)), encoding="utf-8")
+    from_jsonl = predict_cli(run_dir, "--input", jsonl)
+    assert from_txt.returncode == from_stdin.returncode == from_jsonl.returncode == 0, from_txt.stderr[-2000:]
+    rows = [json.loads(line) for line in from_txt.stdout.splitlines()]
+    assert [row["id"] for row in rows] == [1, 3, 4]  # the blank line 2 is skipped, not renumbered
+    assert from_txt.stdout == from_stdin.stdout == from_jsonl.stdout

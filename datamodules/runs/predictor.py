@@ -36,6 +36,10 @@ class MissingCheckpoint(ConfigError):
     """The run kept no checkpoint (``keep_checkpoints=false``) or it was deleted since."""
 
 
+# Probabilities in the output, rounded: more digits are noise (bf16 evaluation, batch padding).
+PROB_DIGITS = 4
+
+
 class Predictor:
     """A run's stage module with its selected weights, in eval mode, and the task it classifies."""
 
@@ -113,7 +117,7 @@ class Predictor:
         """One output record per row, in the rows' order: the official label, its name and the class probabilities."""
         log_probs = self.class_log_probs(rows, batch_size, progress)
         probs = torch.softmax(log_probs.double(), dim=-1)
-        return [self.record(row, choice, row_probs.tolist())
+        return [self.record(row, choice, [round(p, PROB_DIGITS) for p in row_probs.tolist()])
                 for row, choice, row_probs in zip(rows, log_probs.argmax(-1).tolist(), probs)]
 
     def record(self, row: Row, choice: int, probs: list[float]) -> dict[str, Any]:
