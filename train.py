@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,13 @@ from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, TOKENIZER_DIR, R
 from datamodules.runs.build import check_checkpoint, instantiate_with, user_error, vocabulary_texts  # noqa: F401
 
 log = logging.getLogger("train")
+# Library lines that say nothing about the run: Lightning's advert, a deprecation inside Lightning, and the tokenizer's
+# length warning for texts that the stages truncate afterwards.
+NOISE = {"lightning.pytorch.utilities.rank_zero": "litlogger",
+         "transformers.tokenization_utils_base": "Token indices sequence length is longer"}
+for _name, _text in NOISE.items():
+    logging.getLogger(_name).addFilter(lambda record, text=_text: text not in record.getMessage())
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 # Per-task settings of a stage, chosen on dev: conf/tuned/<task>_<stage>.yaml (conf/train.yaml, defaults).
 TUNED_DIR = Path(__file__).resolve().parent / "conf" / "tuned"
 # Seconds from the process's start to its first main() (imports, config composition), reported by the first run.
