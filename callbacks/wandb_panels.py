@@ -37,7 +37,7 @@ def run_logger(
     project: str,
     task: str | None,
     stage: str | None,
-    verbalizer: str | None,
+    verbalizer: str | list[str] | None,
     split: Any,
     name: str | None,
     group: str | None,
@@ -47,6 +47,8 @@ def run_logger(
 ) -> WandbLogger:
     """``WandbLogger``; ``name``, ``group`` and ``tags`` left null are derived from the run (see the module doc)."""
     split_part = None if split is None else f"s{split}"
+    if verbalizer is not None and not isinstance(verbalizer, str):
+        verbalizer = "+".join(str(name) for name in verbalizer)  # verbalizer=[v1,v3]
     derived_tags = [f"{key}:{value}" for key, value in
                     (("task", task), ("stage", stage), ("verbalizer", verbalizer), ("split", split)) if value is not None]
     return WandbLogger(

@@ -276,3 +276,11 @@ def test_auxiliary_mlm_loss_is_weighted_into_the_training_loss(make_config):
 def test_without_mlm_weight_training_batches_are_plain(make_config):
     _, datamodule = _module(make_config, ["task=eprstmt"])
     assert not isinstance(datamodule.train_dataloader(), dict)
+
+
+def test_verbalizer_takes_any_set_of_the_task_or_a_list_of_them(make_config):
+    two, _ = _module(make_config, ["task=ocnli", "verbalizer=[v1,v3]"])
+    assert two.set_names == ["v1", "v3"] and two.results["verbalizer"] == "v1+v3"
+    assert {two.words.words[i].set_name for i in two.word_index} == {"v1", "v3"}
+    with pytest.raises(ConfigError, match=r"set\(s\) \['v9'\] not defined for task 'ocnli'; allowed: fuzzy \(every set\)"):
+        _module(make_config, ["task=ocnli", "verbalizer=v9"])

@@ -107,7 +107,7 @@ def test_verbalizer_groups_words_by_length_and_keeps_classes():
     assert verbalizer.token_ids(1).tolist() == [[TOKENIZER.vocab["差"]], [TOKENIZER.vocab["糟"]]]
     assert verbalizer.classes.tolist() == [0, 1, 0, 1, 1]
     assert [verbalizer.words[i].text for i in verbalizer.select(["v2"])] == ["糟", "不错", "满意"]
-    with pytest.raises(ConfigError, match=r"sets \['v9'\].*allowed: \['v1', 'v2'\]"):
+    with pytest.raises(ConfigError, match=r"set\(s\) \['v9'\].*allowed: fuzzy \(every set\), one of \['v1', 'v2'\]"):
         verbalizer.select(["v9"])
 
 

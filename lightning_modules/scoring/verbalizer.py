@@ -146,6 +146,7 @@ class Verbalizer:
     """
 
     def __init__(self, tables: dict[str, dict[str, list[str]]], labels: list[str], tokenizer, task_name: str = "") -> None:
+        self.task_name = task_name
         if not tables:
             raise ConfigError(f"task {task_name!r}: task.verbalizers is empty; define label-word sets v1, v2, v3")
         self.labels = list(labels)
@@ -180,7 +181,8 @@ class Verbalizer:
         names = self.set_names if set_names is None else list(set_names)
         unknown = [n for n in names if n not in self.set_names]
         if unknown:
-            raise ConfigError(f"verbalizer sets {unknown} are not defined for this task; allowed: {self.set_names}")
+            raise ConfigError(f"verbalizer: label-word set(s) {unknown} not defined for task {self.task_name!r}; allowed: "
+                              f"fuzzy (every set), one of {self.set_names}, or a list of them")
         return [i for i, w in enumerate(self.words) if w.set_name in names]
 
     def group(self, length: int) -> list[int]:

@@ -49,8 +49,21 @@ SLOTS = ("exact", "longest")
 # What training minimises: pooled (the cross-entropy of the class distribution evaluation scores: p(class) from all
 # words of all sets in use, the seed system's probability sum) or per_set (the mean of each set's own cross-entropy).
 OBJECTIVES = ("pooled", "per_set")
+# verbalizer=fuzzy: every label-word set of the task.
+FUZZY = "fuzzy"
 # results.json: the untrained cloze's accuracy on the training rows (PET's teacher weight, datamodules/teachers).
 TRAIN_ACC_BEFORE = "train/acc_before"
+
+
+def verbalizer_choice(verbalizer: str | list[str]) -> tuple[str, list[str] | None]:
+    """(name, label-word sets) of ``verbalizer``: ``fuzzy`` (every set of the task, pooled), one set's name, or a list of
+    names (pooled; named by joining them with +)."""
+    if isinstance(verbalizer, str):
+        return (verbalizer, None) if verbalizer == FUZZY else (verbalizer, [verbalizer])
+    names = [str(name) for name in verbalizer]
+    if not names:
+        raise ConfigError(f"verbalizer=[]; give {FUZZY}, a label-word set of the task or a list of them")
+    return "+".join(names), names
 
 
 class FuzzyPetModule(StageModule):
@@ -65,7 +78,7 @@ class FuzzyPetModule(StageModule):
         task: TaskSpec,
         tokenizer,
         optim: Optim,
-        verbalizer: dict,
+        verbalizer: str | list[str],
         aggregation: str,
         word_score: str,
         pooling: str,
@@ -98,7 +111,7 @@ class FuzzyPetModule(StageModule):
         if not 0 <= pattern < len(task.patterns):
             raise ConfigError(f"stage.pattern={pattern}; allowed: 0..{len(task.patterns) - 1} (task.patterns of {task.name})")
         self.task = task
-        self.verbalizer_name = str(verbalizer.get("name", "fuzzy"))
+        self.verbalizer_name, chosen_sets = verbalizer_choice(verbalizer)
         self.aggregation = aggregation
         self.word_score = word_score
         self.pooling = pooling
@@ -121,14 +134,14 @@ class FuzzyPetModule(StageModule):
         if self.multiple_choice:
             self.words = None
             self.lengths: list[int] = []
-            if verbalizer.get("sets"):
-                log.info("task %s scores its candidate idioms; verbalizer sets %s do not apply", task.name, verbalizer["sets"])
+            if chosen_sets:
+                log.info("task %s scores its candidate idioms; verbalizer sets %s do not apply", task.name, chosen_sets)
             if word_score == "calibrated_initial":
                 log.warning("task %s: every row has its own candidates, so there is no prior to keep; each row's "
                             "candidates are calibrated with the current weights (as word_score=calibrated)", task.name)
             return
         self.words = Verbalizer(task.verbalizers_for(pattern), task.label_list, tokenizer, task.name)
-        used = self.words.select(verbalizer.get("sets"))
+        used = self.words.select(chosen_sets)
         self.set_names = sorted({self.words.words[i].set_name for i in used}, key=self.words.set_names.index)
         self.results["verbalizer_sets"] = self.set_names
         self.lengths = sorted({len(self.words.words[i].token_ids) for i in used})
