@@ -62,12 +62,10 @@ def set_id(path, line_number: int, id_field: str, value) -> None:
 @pytest.mark.parametrize(
     "task_name, file_name, labelled, id_field",
     [
-        ("eprstmt", "train_0.json", True, "id"),
-        ("eprstmt", "dev_few_all.json", True, "id"),
         ("eprstmt", "test.json", False, "id"),
         ("eprstmt", "unlabeled.json", False, "id"),
         ("tnews", "test.json", False, "id"),  # string ids
-        ("cluewsc", "train_0.json", True, "idx"),
+        ("cluewsc", "train_0.json", True, "idx"),  # asked for: unique_ids=True
     ],
 )
 def test_duplicate_id_names_file_both_lines_and_id(task_name, file_name, labelled, id_field, shared_fewclue, tmp_path):
@@ -77,10 +75,38 @@ def test_duplicate_id_names_file_both_lines_and_id(task_name, file_name, labelle
     first_id = json.loads(path.read_text(encoding="utf-8").splitlines()[1])[id_field]
     set_id(path, 5, id_field, first_id)
     with pytest.raises(DataError) as err:
-        read_rows(load_task(task_name), path, labelled=labelled)
+        read_rows(load_task(task_name), path, labelled=labelled, unique_ids=True if labelled else None)
     message = str(err.value)
     assert message.startswith(f"1 bad row(s) in {path}:")
     assert f"{path}:5: duplicate id {first_id!r} (first on line 2)" in message
+
+
+def test_a_labelled_file_may_repeat_ids_and_the_log_says_so_once(shared_fewclue, tmp_path, caplog):
+    """Upstream's csldcp test_public.json repeats 49 ids (with other texts): labelled rows are scored, not joined."""
+    path = tmp_path / "dev_0.json"
+    shutil.copy(shared_fewclue / "eprstmt" / "dev_0.json", path)
+    path.chmod(0o644)
+    first_id = json.loads(path.read_text(encoding="utf-8").splitlines()[1])["id"]
+    set_id(path, 5, "id", first_id)
+    set_id(path, 7, "id", first_id)
+    with caplog.at_level("INFO"):
+        rows = read_rows(load_task("eprstmt"), path, labelled=True)
+    assert len(rows) == line_count(path) and [r.id for r in rows].count(first_id) == 3
+    assert [r.getMessage() for r in caplog.records if "repeat an earlier row's id" in r.getMessage()] == [
+        f"{path}: 2 row(s) repeat an earlier row's id; kept (ids need to be unique only in files whose rows are "
+        "predicted)"]
+
+
+@pytest.mark.parametrize(("value", "shown"), [("null", "null"), ('""', "an empty text"), ('"  "', "an empty text"),
+                                              ("3", "int 3"), ('{"a": 1}', "dict {'a': 1}")])
+def test_a_text_that_is_not_a_nonempty_string_names_file_line_and_field(value, shown, eprstmt_copy):
+    path = eprstmt_copy / "test.json"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[2] = '{"id": 999, "sentence": ' + value + '}'
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_rows(load_task("eprstmt"), path, labelled=False)
+    assert f"{path}:3: field 'sentence': {shown}" in str(err.value)
 
 
 def test_duplicate_ids_are_listed_with_the_other_errors(eprstmt_copy):

@@ -142,6 +142,13 @@ def test_csv_quotes_multiline_cells_line_ids_and_bad_cells(tmp_path):
     header.write_text("rid,text,rating\nx1,好,good\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"header.csv:1: field 'review': no such column in the header"):
         read_rows(task, header, labelled=True)
+    unterminated = tmp_path / "unterminated.csv"
+    unterminated.write_text('rid,review,rating\nr01,好吃,good\nr02,"等了一个小时才上菜。,bad\nr03,一般,good\n'
+                            'r04,"很好",good\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_rows(task, unterminated, labelled=True)
+    assert (f"{unterminated}:3: field 'review': a quote opened on this line closes only on line 5, so lines 3-5 "
+            "read as one row") in str(err.value)
     gbk = tmp_path / "gbk.csv"
     gbk.write_bytes("review,rating\n好,good\n".encode("gbk"))
     with pytest.raises(DataError, match=r"gbk.csv:2: not UTF-8 text \(byte 0xba at byte 1 of the line"):

@@ -12,6 +12,7 @@ import codecs
 import csv
 import io
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 
 from datamodules.tasks.task_spec import TaskSpec
 from datamodules.errors import DataError
+
+log = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 20
 FORMATS = {".json": "jsonl", ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
@@ -39,11 +42,16 @@ class Row:
     id_from_line: bool = False
 
 
-def _text(value: Any) -> str:
-    # csl's keyword field is a list of keywords.
-    if isinstance(value, list):
-        return "，".join(str(v) for v in value)
-    return str(value)
+def _text(value: Any, name: str, where: str) -> str:
+    """A text field's value: a non-empty string (csl's keyword field: a list of keywords, joined)."""
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        value = "，".join(value)
+    if not isinstance(value, str):
+        shown = "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
+        raise DataError(f"{where}: field {name!r}: {shown}; a text (a string) is needed")
+    if not value.strip():
+        raise DataError(f"{where}: field {name!r}: an empty text")
+    return value
 
 
 def span_start(text: str, span: str, index: int) -> int:
@@ -79,7 +87,7 @@ def _parse_row(task: TaskSpec, raw: dict, path: Path, line: int, labelled: bool,
     for name in task.text_fields:
         if name not in raw:
             raise DataError(f"{where}: missing field {name!r}; row has {sorted(raw)}")
-        fields[name] = _text(raw[name])
+        fields[name] = _text(raw[name], name, where)
     if task.kind == "span_pair":
         target = raw.get("target")
         if not isinstance(target, dict):
@@ -143,14 +151,17 @@ def read_rows(
     line_ids: bool = False,
     data: bytes | None = None,
     fmt: str | None = None,
+    unique_ids: bool | None = None,
 ) -> list[Row]:
     """All rows of one file; raises DataError listing every bad line (up to 20).
 
-    The file must be UTF-8 (a leading BOM is allowed) and ids must be unique within it: every real
-    FewCLUE file, unlabeled.json included, has an id on each row and no id twice. ``line_ids``: a row
-    without an id gets its line number as id (``Row.id_from_line``). ``data``: the file's bytes, read from
-    elsewhere (stdin) and reported as ``path``; ``fmt`` overrides the format of the extension.
+    The file must be UTF-8 (a leading BOM is allowed). Ids must be unique in a file whose rows are predicted or
+    pseudo-labelled (``unique_ids``, by default for unlabelled files: a leaderboard file and the teachers join on
+    them); a labelled file may repeat them (upstream's csldcp test_public.json repeats 49), which the log says once.
+    ``line_ids``: a row without an id gets its line number as id (``Row.id_from_line``). ``data``: the file's
+    bytes, read from elsewhere (stdin) and reported as ``path``; ``fmt`` overrides the format of the extension.
     """
+    unique_ids = not labelled if unique_ids is None else unique_ids
     path = Path(path)
     fmt = fmt or file_format(path)
     # Bytes, decoded line by line, so that an encoding error names its line.
@@ -159,6 +170,7 @@ def read_rows(
     rows: list[Row] = []
     errors: list[str] = []
     first_line_of: dict[Any, int] = {}
+    repeated = 0
     for line_number, raw, error in records:
         if error is None:
             try:
@@ -168,7 +180,9 @@ def read_rows(
             else:
                 first = first_line_of.setdefault(row.id, line_number)
                 if first != line_number:
-                    error = f"{path}:{line_number}: duplicate id {row.id!r} (first on line {first})"
+                    repeated += 1
+                    if unique_ids:
+                        error = f"{path}:{line_number}: duplicate id {row.id!r} (first on line {first})"
                 rows.append(row)
         if error is not None:
             errors.append(error)
@@ -179,6 +193,9 @@ def read_rows(
         raise DataError(f"{len(errors)} bad row(s) in {path}{more}:\n  " + "\n  ".join(errors))
     if not rows and not allow_empty:
         raise DataError(f"{path}: the file has no rows; a split must not be empty")
+    if repeated:
+        log.info("%s: %d row(s) repeat an earlier row's id; kept (ids need to be unique only in files whose rows are "
+                 "predicted)", path, repeated)
     return rows
 
 
@@ -203,6 +220,16 @@ def _json_records(path: Path, data: bytes) -> Iterator[Record]:
             yield line_number, json.loads(text), None
         except json.JSONDecodeError as err:
             yield line_number, None, f"{path}:{line_number}: malformed JSON ({err.msg} at column {err.colno})"
+
+
+def _merged_rows(cells: list[str], delimiter: str, columns: int) -> int | None:
+    """The index of a cell that spans lines holding what looks like whole rows of the file (an unterminated quote
+    swallowed them), or None; a quoted text with a line break of its own passes."""
+    for index, cell in enumerate(cells):
+        inner = cell.split("\n")[1:]
+        if any(line.count(delimiter) >= columns - 1 for line in inner):
+            return index
+    return None
 
 
 def _table_records(path: Path, data: bytes, task: TaskSpec, labelled: bool, fmt: str) -> Iterator[Record]:
@@ -246,6 +273,12 @@ def _table_records(path: Path, data: bytes, task: TaskSpec, labelled: bool, fmt:
             return
         end = reader.line_num
         if not cells or all(not cell.strip() for cell in cells):
+            continue
+        merged = _merged_rows(cells, options["delimiter"], len(header))
+        if end > start and merged is not None:
+            yield start, None, (f"{path}:{start}: field {header[merged]!r}: a quote opened on this line closes only on "
+                                f"line {end}, so lines {start}-{end} read as one row; close the quote (or double a "
+                                f"quote inside a text)")
             continue
         if len(cells) > len(header):
             yield start, None, (f"{path}:{start}: {len(cells)} cells, the header has {len(header)} "
