@@ -85,12 +85,20 @@ def check_config(cfg: DictConfig) -> None:
             f"precision={precision} needs a CUDA GPU (fp16 autocast with loss scaling); this run is on CPU. "
             "Allowed here: precision=32-true or precision=bf16-mixed"
         )
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed={cfg.seed!r}; allowed: an integer")
+    if not _integer(cfg.seed) or not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed={cfg.seed!r}; allowed: an integer from 0 to {2**32 - 1}")
     for key in ("batch_size", "eval_batch_size", "mlm_batch_size"):
         value = cfg.data.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        if value is not None and (not _integer(value) or value < 1):
             raise ConfigError(f"data.{key}={value!r}; allowed: an integer >= 1")
+    unlabeled = cfg.data.get("max_unlabeled")
+    if unlabeled is not None and (not _integer(unlabeled) or unlabeled < 1):
+        raise ConfigError(f"data.max_unlabeled={unlabeled!r}; allowed: an integer >= 1, or null for every row")
+    for key in ("max_length", "mlm_max_length"):
+        value = cfg.stage.get(key)
+        if value is not None and (not _integer(value) or value < MIN_LENGTH):
+            raise ConfigError(f"stage.{key}={value!r}; allowed: an integer >= {MIN_LENGTH} (tokens per input)")
+    check_trainer(cfg.trainer)
     if (cfg.trainer.get("max_epochs") == 0 or cfg.trainer.get("max_steps") == 0) and not get_class(cfg.stage._target_).zero_shot:
         raise ConfigError(
             f"trainer.max_epochs=0 / max_steps=0 with stage={chosen_option('stage') or cfg.stage._target_} would "
@@ -100,6 +108,28 @@ def check_config(cfg: DictConfig) -> None:
     check_pretrained(cfg.model)
     if cfg.get("ckpt_path"):
         check_checkpoint(str(cfg.ckpt_path))
+
+
+# The fewest tokens an input may be cut to: [CLS], [SEP], a pattern's [MASK] slots and some text.
+MIN_LENGTH = 8
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """The Trainer values that would fail inside Lightning with a traceback, named with what is allowed."""
+    for key in ("max_epochs", "max_steps"):
+        value = trainer.get(key)
+        if value is not None and (not _integer(value) or value < -1):
+            raise ConfigError(f"trainer.{key}={value!r}; allowed: an integer >= 0, or -1 for no limit")
+    devices = trainer.get("devices")
+    if not (devices == "auto" or (_integer(devices) and (devices >= 1 or devices == -1)) or OmegaConf.is_list(devices)):
+        raise ConfigError(f"trainer.devices={devices!r}; allowed: an integer >= 1, -1 (all), auto, or a list of ids")
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not on_gpu(accelerator):
+        raise ConfigError(f"trainer.accelerator={accelerator}: no CUDA GPU on this machine; allowed here: cpu or auto")
 
 
 NO_ENCODER_HINT = ("point model.pretrained (or ZH_MLM_SMALL) at a Chinese masked LM (a local folder or a hub name), "

@@ -33,7 +33,14 @@ def one_error_line(done: subprocess.CompletedProcess, prefix: str = "error:") ->
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["seed=abc"], "seed='abc'; allowed: an integer"),
+        (["seed=abc"], "seed='abc'; allowed: an integer from 0 to 4294967295"),
+        (["seed=-1"], "seed=-1; allowed: an integer from 0 to 4294967295"),
+        (["seed=99999999999"], "seed=99999999999; allowed: an integer from 0 to 4294967295"),
+        (["trainer.max_epochs=-3"], "trainer.max_epochs=-3; allowed: an integer >= 0, or -1 for no limit"),
+        (["trainer.max_steps=abc"], "trainer.max_steps='abc'; allowed: an integer >= 0, or -1 for no limit"),
+        (["trainer.devices=0"], "trainer.devices=0; allowed: an integer >= 1, -1 (all), auto, or a list of ids"),
+        (["data.max_unlabeled=-5"], "data.max_unlabeled=-5; allowed: an integer >= 1, or null for every row"),
+        (["stage.max_length=0"], "stage.max_length=0; allowed: an integer >= 8 (tokens per input)"),
         (["data.batch_size=0"], "data.batch_size=0; allowed: an integer >= 1"),
         (["stage.optim.lr=-1"], "stage.optim.lr=-1; allowed: a number >= 0"),
         (["stage.lr=1"], "stage.lr is not a key of this configuration"),
@@ -170,3 +177,11 @@ def test_a_search_path_that_is_not_a_folder_is_named_before_the_task_error(tmp_p
     warning = next(line for line in done.stderr.split("\n") if line.startswith("warning: hydra.searchpath"))
     assert f"{tmp_path / 'my_task' / 'conf'} is not a folder" in warning
     assert "a task of your own: put reviews.yaml in <folder>/task/" in one_error_line(done)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU where there is none")
+def test_a_gpu_asked_for_on_a_machine_without_one_is_one_line(tmp_path, shared_fewclue):
+    done = run_cli(["trainer.accelerator=gpu", f"data.data_dir={shared_fewclue}", f"hydra.run.dir={tmp_path}/run"],
+                   cwd=tmp_path)
+    assert done.returncode == 2
+    assert one_error_line(done) == "error: trainer.accelerator=gpu: no CUDA GPU on this machine; allowed here: cpu or auto"
