@@ -1,0 +1,89 @@
+"""Methods side by side on the held-out estimate: one folder of runs per method (benchmarks/protocol.py's --out, or
+any folder of train.py runs), per task the mean ± sample std of ``heldout/acc`` over splits (n), the paired
+difference of each method against the baseline over the splits both ran, and the mean over tasks.
+
+    python scripts/heldout_table.py finetune=runs/finetune fuzzy=runs/fuzzy pooled=runs/pooled [--baseline finetune]
+
+Dev accuracy (``val/acc``, which chose each run's checkpoint) is shown beside it, never in place of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from datamodules.runs.results import RESULTS_FILE, RunFolder
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("methods", nargs="+", help="name=folder, one per method")
+    parser.add_argument("--baseline", help="the method the others are compared with (default: the first)")
+    parser.add_argument("--metric", default="heldout/acc", help="heldout/acc (default) or test/acc")
+    return parser.parse_args(argv)
+
+
+def scores(folder: Path, metric: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """(task, split) -> (metric, val/acc) of every finished run under ``folder``."""
+    found = {}
+    for results_file in sorted(folder.rglob(RESULTS_FILE)):
+        results = RunFolder(results_file.parent).results.to_dict()
+        if results.get(metric) is not None:
+            found[(str(results["task"]), str(results["split"]))] = (float(results[metric]), float(results["val/acc"]))
+    return found
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * std:.1f} ({len(values)})"
+
+
+def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
+    tasks = sorted({task for runs in methods.values() for task, _ in runs})
+    names = list(methods)
+    lines = [f"{metric} (%), mean ± sample std over splits (n); dev accuracy (chose the checkpoint) in brackets", "",
+             "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    per_task: dict[str, dict[str, float]] = defaultdict(dict)
+    for task in tasks:
+        cells = []
+        for name in names:
+            runs = [value for (t, _), value in sorted(methods[name].items()) if t == task]
+            heldout, dev = [h for h, _ in runs], [d for _, d in runs]
+            if heldout:
+                per_task[name][task] = statistics.fmean(heldout)
+            cells.append(f"{mean_std(heldout)} [{100 * statistics.fmean(dev):.1f}]" if runs else "-")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    complete = [task for task in tasks if all(task in per_task[name] for name in names)]
+    lines.append(f"| **mean over {len(complete)} tasks** | " + " | ".join(
+        f"{100 * statistics.fmean(per_task[name][t] for t in complete):.1f}" if complete else "-" for name in names) + " |")
+    lines += ["", f"Paired differences against {baseline} (points, mean ± sample std over the splits both ran; n; "
+                  "splits where the method is ahead / behind):", "",
+              "| task | " + " | ".join(n for n in names if n != baseline) + " |", "|---|" + "---|" * (len(names) - 1)]
+    for task in tasks:
+        cells = []
+        for name in names:
+            if name == baseline:
+                continue
+            shared = [key for key in methods[name] if key[0] == task and key in methods[baseline]]
+            diffs = [methods[name][key][0] - methods[baseline][key][0] for key in shared]
+            ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+            cells.append(f"{mean_std(diffs)} {ahead}/{behind}" if diffs else "-")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    methods = {}
+    for entry in args.methods:
+        name, _, folder = entry.partition("=")
+        methods[name] = scores(Path(folder), args.metric)
+    print(table(methods, args.baseline or next(iter(methods)), args.metric))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""scripts/heldout_table.py: held-out means, stds and paired differences by hand."""
+
+from __future__ import annotations
+
+import json
+
+from scripts.heldout_table import scores, table
+
+
+def _run(folder, task, split, heldout, dev):
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"task": task, "split": split, "heldout/acc": heldout,
+                                                     "val/acc": dev}))
+
+
+def test_means_stds_and_paired_differences_by_hand(tmp_path):
+    for split, (base, new) in enumerate([(0.50, 0.60), (0.70, 0.75), (0.60, 0.55)]):
+        _run(tmp_path / "base" / str(split), "eprstmt", str(split), base, 0.9)
+        _run(tmp_path / "new" / str(split), "eprstmt", str(split), new, 0.8)
+    _run(tmp_path / "new" / "x", "bustm", "0", 0.5, 0.5)  # a task the baseline lacks: not in the mean over tasks
+    text = table({"base": scores(tmp_path / "base", "heldout/acc"), "new": scores(tmp_path / "new", "heldout/acc")},
+                 "base", "heldout/acc")
+    # base 60.0 ± 10.0, new 63.3 ± 10.4; differences +10, +5, -5: mean 3.3, std 7.6, 2 ahead, 1 behind
+    assert "| eprstmt | 60.0 ± 10.0 (3) [90.0] | 63.3 ± 10.4 (3) [80.0] |" in text
+    assert "| **mean over 1 tasks** | 60.0 | 63.3 |" in text
+    assert "| eprstmt | 3.3 ± 7.6 (3) 2/1 |" in text
+    assert "| bustm | - | 50.0 ± 0.0 (1) [50.0] |" in text
