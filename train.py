@@ -43,6 +43,7 @@ from datamodules.errors import ConfigError, DataError, Interrupted, TrainingDive
 from lightning_modules.scale.devices import on_gpu
 from lightning_modules.stages.base import StageModule
 from datamodules.runs.saved_config import compose_train_config
+from datamodules.runs import ownership
 from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, TOKENIZER_DIR, RunResults
 # Shared with predict.py and the distillation teachers (a finished run rebuilt from its config.yaml).
 from datamodules.runs.build import check_checkpoint, instantiate_with, user_error, vocabulary_texts  # noqa: F401
@@ -75,6 +76,8 @@ class BuiltRun:
     trainer: L.Trainer
     # Seconds spent building: data (reading and validating rows), model (backbone, tokenizer, stage), trainer.
     timing: dict[str, float]
+    # The lock on the run folder (datamodules/runs/ownership.py), released when the run ends.
+    folder_lock: Any = None
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -190,6 +193,15 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> BuiltRun:
     if tuned := tuned_file():
         log.info("per-task settings from %s (chosen on dev; ~tuned leaves them out)", tuned)
     resume_in_place(cfg)
+    lock = ownership.claim(cfg.paths.output_dir, resuming=bool(cfg.get("ckpt_path")), overwrite=bool(cfg.get("overwrite")))
+    try:
+        return _build(cfg, extra_callbacks, lock)
+    except BaseException:
+        ownership.release(lock)
+        raise
+
+
+def _build(cfg: DictConfig, extra_callbacks: list | tuple, lock: Any) -> BuiltRun:
     L.seed_everything(cfg.seed, workers=True)
     started = time.perf_counter()
     task = instantiate_with(cfg.task)
@@ -210,7 +222,7 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> BuiltRun:
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate_with(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     timing["trainer"] = time.perf_counter() - started
-    return BuiltRun(cfg, task, datamodule, backbone, module, callbacks, loggers, trainer, timing)
+    return BuiltRun(cfg, task, datamodule, backbone, module, callbacks, loggers, trainer, timing, lock)
 
 
 def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
@@ -232,6 +244,8 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
         failed = False
     finally:
         close_loggers(r.loggers, failed)
+        if failed:
+            ownership.release(r.folder_lock)
 
     output_dir = Path(cfg.paths.output_dir)
     results = RunResults.from_dict({
@@ -274,6 +288,7 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
         print(summary)
         for line in comparisons(r):
             print(line)
+    ownership.release(r.folder_lock)
     return results
 
 

@@ -4,6 +4,7 @@ kill -9 / SIGTERM / SIGINT followed by ``ckpt_path=.../last.ckpt`` give the unin
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -185,3 +186,26 @@ def test_a_gpu_asked_for_on_a_machine_without_one_is_one_line(tmp_path, shared_f
                    cwd=tmp_path)
     assert done.returncode == 2
     assert one_error_line(done) == "error: trainer.accelerator=gpu: no CUDA GPU on this machine; allowed here: cpu or auto"
+
+
+def test_a_run_folder_belongs_to_one_run(tmp_path, shared_fewclue):
+    """A finished run's folder is not written into again unasked; a live run's folder is refused while it runs."""
+    from datamodules.runs import ownership
+
+    common = ["trainer.max_steps=1", "trainer.limit_predict_batches=1", "logger=none", f"data.data_dir={shared_fewclue}"]
+    first = run_cli([*common, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli([*common, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert again.returncode == 2
+    assert one_error_line(again) == (f"error: {tmp_path / 'run'} holds a finished run (results.json); give another "
+                                     "hydra.run.dir, or overwrite=true to replace it")
+    assert run_cli([*common, f"hydra.run.dir={tmp_path}/run", "overwrite=true"], cwd=tmp_path).returncode == 0
+    held = ownership.claim(tmp_path / "live", resuming=False, overwrite=False)  # a live run, here this test
+    try:
+        refused = run_cli([*common, f"hydra.run.dir={tmp_path}/live"], cwd=tmp_path)
+    finally:
+        ownership.release(held)
+    assert refused.returncode == 2
+    assert one_error_line(refused) == (f"error: {tmp_path / 'live'} is in use by a live run (pid {os.getpid()}); "
+                                       "give another hydra.run.dir")
+    assert run_cli([*common, f"hydra.run.dir={tmp_path}/live"], cwd=tmp_path).returncode == 0  # released
