@@ -168,3 +168,19 @@ def test_plain_lines_from_a_txt_file_or_stdin_are_one_text_each_with_line_number
     rows = [json.loads(line) for line in from_txt.stdout.splitlines()]
     assert [row["id"] for row in rows] == [1, 3, 4]  # the blank line 2 is skipped, not renumbered
     assert from_txt.stdout == from_stdin.stdout == from_jsonl.stdout
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_it_never_nan_probabilities(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    checkpoint = copy / "checkpoints" / "best.ckpt"
+    data = bytearray(checkpoint.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = b"\xff" * 4096  # 4 KiB overwritten inside the weights
+    checkpoint.write_bytes(bytes(data))
+    done = predict_cli(copy, "--text", "物流很快，包装完好。")
+    assert done.returncode == 2 and done.stdout == ""
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: checkpoint {checkpoint}") or line.startswith(f"error: {checkpoint}"), line

@@ -111,6 +111,11 @@ class Predictor:
             return torch.empty(0, 0)
         out = torch.empty(len(rows), parts[0].shape[1])
         out[order] = torch.cat(parts)
+        broken = torch.isnan(out).any(-1) | ~torch.isfinite(out).any(-1)
+        if broken.any():
+            bad = int(broken.sum())
+            raise ConfigError(f"{self.source}: {bad} of {len(rows)} row(s) got no finite class probability; the "
+                              "weights are damaged")
         return out
 
     def predict(self, rows: list[Row], batch_size: int | None = None, progress: TextIO | None = sys.stderr):
@@ -206,7 +211,11 @@ def _load_weights(module: StageModule, path: Path) -> None:
     if path.is_dir():
         raise ConfigError(f"--checkpoint {path}: a DeepSpeed checkpoint folder; convert it to one file first "
                           "(lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict)")
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as err:  # noqa: BLE001 - a damaged archive fails in many ways (zip, pickle, tensor storage)
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
+                          "it may be damaged") from None
     own = module.state_dict()
     problems = []
     missing = [key for key in own if key not in state]
@@ -221,6 +230,10 @@ def _load_weights(module: StageModule, path: Path) -> None:
         problems.append(f"{len(reshaped)} of another shape, e.g. {key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}")
     if problems:
         raise ConfigError(f"checkpoint {path} does not fit the model of the run's config.yaml ({'; '.join(problems)})")
+    bad = [key for key, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise ConfigError(f"checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); "
+                          "it is damaged or the run diverged")
     module.load_state_dict(state)
 
 
