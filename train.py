@@ -168,6 +168,40 @@ def resume_in_place(cfg: DictConfig) -> None:
         log.info("resuming the run in %s", cfg.paths.output_dir)
 
 
+# Settings a resume may change: where things go and what is logged, and how long the run goes on (Lightning
+# continues to a larger max_epochs); any other setting is restored from the checkpoint or breaks it.
+CHANGEABLE_ON_RESUME = ("ckpt_path", "paths.", "overwrite", "allow_resume_changes", "logger", "keep_checkpoints",
+                        "trainer.max_epochs", "trainer.max_steps", "trainer.limit_predict_batches",
+                        "trainer.limit_test_batches", "callbacks.progress_bar.")
+
+
+def check_resume(cfg: DictConfig) -> None:
+    """A resume with settings the run's saved config.yaml does not have would silently keep the old ones (the
+    optimizer's state holds the old learning rate) or fail midway: refuse, naming each key, unless
+    allow_resume_changes=true."""
+    saved_file = Path(cfg.paths.output_dir) / CONFIG_FILE
+    if not cfg.get("ckpt_path") or not saved_file.is_file() or cfg.get("allow_resume_changes"):
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_file), resolve=False)
+    now = OmegaConf.to_container(cfg, resolve=True)
+    changed = [(key, old, new) for key, old, new in differences(saved, now)
+               if not key.startswith(CHANGEABLE_ON_RESUME)]
+    if changed:
+        shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed[:5])
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: resuming with other settings than the run's {saved_file}: "
+                          f"{shown}{more}; resume with the run's own settings, or allow_resume_changes=true to go on "
+                          "with the checkpoint's state anyway")
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every leaf that differs, is missing or was added."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [item for key in sorted({*old, *new}, key=str)
+                for item in differences(old.get(key, "<unset>"), new.get(key, "<unset>"), f"{prefix}{key}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     """Every entry of a dict-of-configs group (callbacks, logger) that has a ``_target_``."""
     if not group:
@@ -193,6 +227,7 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> BuiltRun:
     if tuned := tuned_file():
         log.info("per-task settings from %s (chosen on dev; ~tuned leaves them out)", tuned)
     resume_in_place(cfg)
+    check_resume(cfg)
     lock = ownership.claim(cfg.paths.output_dir, resuming=bool(cfg.get("ckpt_path")), overwrite=bool(cfg.get("overwrite")))
     try:
         return _build(cfg, extra_callbacks, lock)
@@ -232,6 +267,9 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
     try:
         with signals_reported(trainer):
             log_config(r.loggers, cfg)
+            if trainer.is_global_zero:  # a resume compares its settings with these (check_resume)
+                Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+                OmegaConf.save(cfg, Path(cfg.paths.output_dir) / CONFIG_FILE, resolve=True)
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
             best, val_acc = selected_checkpoint(trainer, module, datamodule)
             scores: dict[str, float] = {}

@@ -209,3 +209,19 @@ def test_a_run_folder_belongs_to_one_run(tmp_path, shared_fewclue):
     assert one_error_line(refused) == (f"error: {tmp_path / 'live'} is in use by a live run (pid {os.getpid()}); "
                                        "give another hydra.run.dir")
     assert run_cli([*common, f"hydra.run.dir={tmp_path}/live"], cwd=tmp_path).returncode == 0  # released
+
+
+def test_a_resume_with_other_settings_is_refused_naming_each_key(tmp_path, shared_fewclue):
+    """The optimizer's state would keep the old learning rate while config.yaml recorded the new one."""
+    common = [*RESUMABLE, "trainer.max_epochs=2", f"data.data_dir={shared_fewclue}", f"hydra.run.dir={tmp_path}/run"]
+    first = run_cli(common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    changed = run_cli([*common, f"ckpt_path={last}", "stage.optim.lr=0.01", "seed=7"], cwd=tmp_path)
+    assert changed.returncode == 2
+    assert one_error_line(changed) == (
+        f"error: ckpt_path={last}: resuming with other settings than the run's {tmp_path / 'run' / 'config.yaml'}: "
+        "data.seed: 42 -> 7; seed: 42 -> 7; stage.optim.lr: 3e-05 -> 0.01; resume with the run's own settings, or "
+        "allow_resume_changes=true to go on with the checkpoint's state anyway")
+    longer = run_cli([*common, f"ckpt_path={last}", "trainer.max_epochs=3"], cwd=tmp_path)  # Lightning honours it
+    assert longer.returncode == 0, longer.stderr[-3000:]
