@@ -307,6 +307,8 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
         "eval_precision": next((cb.precision_name for cb in r.callbacks if isinstance(cb, EvalPrecision)), None),
         "timing": run_timing(r),
         **datamodule.stats,
+        # the other metrics of the labelled evaluation sets: losses, each label-word set's accuracy (test/acc_v1)
+        **{key: round(float(value), 6) for key, value in sorted(scores.items()) if key not in ("test/acc", "heldout/acc")},
         **module.results,
         **(extra_results or {}),
     }).to_dict()
@@ -341,13 +343,16 @@ def run_timing(r: BuiltRun) -> dict[str, float]:
 
 
 def comparisons(r: BuiltRun) -> list[str]:
-    """What val/acc compares with: chance, the share of the majority class among the labelled dev rows (the rows
-    val/acc is measured on)."""
-    labels = [row.label for row in getattr(r.datamodule, "val_rows", []) if row.label is not None]
-    if not labels:
-        return []
-    majority = max(labels.count(label) for label in set(labels)) / len(labels)
-    return [f"chance (the majority class's share of the {len(labels)} labelled dev rows): {majority:.4f}"]
+    """What the accuracies compare with: chance, the majority class's share of each labelled evaluation set (dev
+    sets are often sampled balanced, so the held-out and test rows say more)."""
+    sets = (("dev", "val_rows"), ("held-out", "heldout_rows"), ("test", "test_rows"))
+    lines = []
+    for name, attribute in sets:
+        labels = [row.label for row in getattr(r.datamodule, attribute, None) or [] if row.label is not None]
+        if labels:
+            majority = max(labels.count(label) for label in set(labels)) / len(labels)
+            lines.append(f"{name} {majority:.4f} ({len(labels)} rows)")
+    return [f"chance (the majority class's share): {', '.join(lines)}"] if lines else []
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -206,6 +206,8 @@ def test_each_task_trains_tests_on_test_public_and_writes_its_leaderboard_file(
     results = train(cfg)
     assert results["test/acc"] is not None and 0.0 <= results["test/acc"] <= 1.0
     assert results["verbalizer"] == "fuzzy" and results["stage"] == "fuzzy_pet"
+    if task != "chid":  # each label-word set's own test accuracy, beside the pooled one
+        assert all(0.0 <= results[f"test/acc_{name}"] <= 1.0 for name in results["verbalizer_sets"])
     rows = read_jsonl(results["predictions"])
     assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(shared_fewclue / task / "test.json")]
     if task == "chid":

@@ -27,7 +27,8 @@ def test_default_job_is_fuzzy_pet_with_the_shared_encoder_well_above_chance(tmp_
     assert results["val/acc"] >= 0.65 and results["heldout/acc"] >= 0.6 and results["data/heldout_rows"] == 203
     lines = done.stdout.strip().splitlines()[-2:]
     assert re.fullmatch(r"val/acc: 0\.\d{4}  heldout/acc: 0\.\d{4} \(203 rows\)  test/acc: n/a .*", lines[0])
-    assert lines[1] == "chance (the majority class's share of the 32 labelled dev rows): 0.5938"  # 19 Negative of 32
+    # 19 Negative of 32 dev rows; 102 Positive of 203 held-out rows
+    assert lines[1] == "chance (the majority class's share): dev 0.5938 (32 rows), held-out 0.5025 (203 rows)"
 
 
 def test_without_an_encoder_one_line_says_how_to_point_at_one(tmp_path, shared_fewclue):
