@@ -91,6 +91,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def chosen_run(path: Path) -> Path:
+    """``path`` itself when it is a run folder; for a sweep folder, its run with the best dev accuracy (named)."""
+    from datamodules.runs.results import RESULTS_FILE, RunFolder
+
+    if RunFolder.is_run(path) or not path.is_dir():
+        return path
+    runs = [RunFolder(found.parent) for found in sorted(path.rglob(RESULTS_FILE))]
+    if not runs:
+        return path  # run_config names what is missing
+    best = max(runs, key=lambda run: run.results.val_acc if run.results.val_acc is not None else -1.0)
+    others = len(runs) - 1
+    print(f"{path}: a sweep of {len(runs)} runs; predicting with its best on dev, {best.path} "
+          f"(val/acc {best.results.val_acc:.4f}; {others} other run(s))", file=sys.stderr)
+    return best.path
+
+
 def check_output(output: str) -> None:
     """An --output file that can be written (its folder exists, it is not a folder), before any row is predicted."""
     if output == "-":
@@ -112,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from datamodules.runs.predictor import Predictor, run_task
 
     try:
+        args.run_dir = chosen_run(Path(args.run_dir))
         # The input and the output path are checked before the model is built.
         rows = read_input(run_task(args.run_dir), args.input, args.text, args.format)
         check_output(args.output)

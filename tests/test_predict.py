@@ -184,3 +184,18 @@ def test_a_damaged_checkpoint_is_one_line_naming_it_never_nan_probabilities(run_
     assert done.returncode == 2 and done.stdout == ""
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: checkpoint {checkpoint}") or line.startswith(f"error: {checkpoint}"), line
+
+
+def test_a_sweep_folder_predicts_with_its_best_run_on_dev(run_dir, tmp_path):
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    for job, val_acc in (("0", 0.5), ("1", 0.9)):
+        shutil.copytree(run_dir, sweep / job)
+        results = json.loads((sweep / job / "results.json").read_text())
+        (sweep / job / "results.json").write_text(json.dumps({**results, "val/acc": val_acc}))
+    done = predict_cli(sweep, "--text", "物流很快，包装完好。")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (f"{sweep}: a sweep of 2 runs; predicting with its best on dev, {sweep / '1'} (val/acc 0.9000; 1 other "
+            "run(s))") in done.stderr
+    assert str(sweep / "1" / "checkpoints" / "best.ckpt") in done.stderr
