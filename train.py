@@ -24,6 +24,7 @@ from typing import Any
 import hydra
 import lightning as L
 import psutil
+import torch
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from hydra.core.hydra_config import HydraConfig
@@ -111,6 +112,7 @@ def check_config(cfg: DictConfig) -> None:
     check_pretrained(cfg.model)
     if cfg.get("ckpt_path"):
         check_checkpoint(str(cfg.ckpt_path))
+        check_resumable(str(cfg.ckpt_path))
 
 
 # The fewest tokens an input may be cut to: [CLS], [SEP], a pattern's [MASK] slots and some text.
@@ -119,6 +121,22 @@ MIN_LENGTH = 8
 
 def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_resumable(ckpt: str) -> None:
+    """A checkpoint file a fit can continue from: Lightning's full state (weights, optimizer, loops), not the
+    weights alone (best.ckpt) nor another archive."""
+    if Path(ckpt).is_dir():
+        return  # a DeepSpeed checkpoint folder: DeepSpeed checks its own
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - an archive of another kind fails in many ways
+        raise ConfigError(f"ckpt_path={ckpt}: not a Lightning checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ConfigError(f"ckpt_path={ckpt}: not a Lightning checkpoint (no state_dict)")
+    if "optimizer_states" not in state or "loops" not in state:
+        raise ConfigError(f"ckpt_path={ckpt}: the weights alone (the checkpoint selected on dev), without the optimizer "
+                          "and loop state a resume needs; resume from <run>/checkpoints/last.ckpt")
 
 
 def check_trainer(trainer: DictConfig) -> None:

@@ -225,3 +225,23 @@ def test_a_resume_with_other_settings_is_refused_naming_each_key(tmp_path, share
         "allow_resume_changes=true to go on with the checkpoint's state anyway")
     longer = run_cli([*common, f"ckpt_path={last}", "trainer.max_epochs=3"], cwd=tmp_path)  # Lightning honours it
     assert longer.returncode == 0, longer.stderr[-3000:]
+
+
+def test_resuming_from_the_selected_weights_or_another_archive_is_one_line(tmp_path, shared_fewclue):
+    import zipfile
+
+    common = [*RESUMABLE, "trainer.max_epochs=1", f"data.data_dir={shared_fewclue}"]
+    first = run_cli([*common, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    weights = run_cli([*common, f"ckpt_path={best}", f"hydra.run.dir={tmp_path}/again"], cwd=tmp_path)
+    assert weights.returncode == 2
+    assert one_error_line(weights) == (
+        f"error: ckpt_path={best}: the weights alone (the checkpoint selected on dev), without the optimizer and loop "
+        "state a resume needs; resume from <run>/checkpoints/last.ckpt")
+    archive = tmp_path / "notes.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("notes.txt", "not a checkpoint")
+    other = run_cli([*common, f"ckpt_path={archive}", f"hydra.run.dir={tmp_path}/other"], cwd=tmp_path)
+    assert other.returncode == 2
+    assert one_error_line(other).startswith(f"error: ckpt_path={archive}: not a Lightning checkpoint")
