@@ -191,6 +191,8 @@ def resume_in_place(cfg: DictConfig) -> None:
 CHANGEABLE_ON_RESUME = ("ckpt_path", "paths.", "overwrite", "allow_resume_changes", "logger", "keep_checkpoints",
                         "trainer.max_epochs", "trainer.max_steps", "trainer.limit_predict_batches",
                         "trainer.limit_test_batches", "callbacks.progress_bar.")
+# Keys that say where things are (caches, data, outputs): a resume started from another directory may move them.
+LOCATION_KEYS = ("cache_dir", "data_dir", "dirpath", "save_dir", "default_root_dir", "output_dir", "ids_file")
 
 
 def check_resume(cfg: DictConfig) -> None:
@@ -203,7 +205,7 @@ def check_resume(cfg: DictConfig) -> None:
     saved = OmegaConf.to_container(OmegaConf.load(saved_file), resolve=False)
     now = OmegaConf.to_container(cfg, resolve=True)
     changed = [(key, old, new) for key, old, new in differences(saved, now)
-               if not key.startswith(CHANGEABLE_ON_RESUME)]
+               if not key.startswith(CHANGEABLE_ON_RESUME) and key.rsplit(".", 1)[-1] not in LOCATION_KEYS]
     if changed:
         shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed[:5])
         more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
