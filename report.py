@@ -32,7 +32,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from datamodules.errors import ConfigError
 from datamodules.tasks.task_configs import FEWCLUE_SPLITS
@@ -91,17 +90,10 @@ class Setting:
         return statistics.fmean(values) if values else None
 
 
-def _overrides(run_dir: Path) -> dict[str, str]:
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    if not overrides_file.is_file():
-        return {}
-    overrides = {}
-    for item in yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []:
-        key, _, value = str(item).partition("=")
-        key = key.lstrip("+~")
-        if key not in NOT_A_SETTING and not key.startswith(LOCATIONS):
-            overrides[key] = value
-    return overrides
+def _overrides(folder: RunFolder) -> dict[str, str]:
+    """The run's overrides that make its setting (not its split, seed or where things go)."""
+    return {key: value for key, value in folder.overrides.items()
+            if key not in NOT_A_SETTING and not key.startswith(LOCATIONS)}
 
 
 def collect(sweep_dir: Path) -> list[Run]:
@@ -113,7 +105,7 @@ def collect(sweep_dir: Path) -> list[Run]:
             results = folder.results.to_dict()
         except ConfigError as err:
             raise SystemExit(f"error: {err}") from None
-        found.append((folder, results, _overrides(path.parent)))
+        found.append((folder, results, _overrides(folder)))
     keys = {k for _, _, o in found for k in o}
     varying = sorted(k for k in keys if len({o.get(k) for _, _, o in found}) > 1)
     return [Run(d, r, " ".join(f"{k}={o[k]}" for k in varying if k in o)) for d, r, o in found]

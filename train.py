@@ -334,7 +334,6 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
     }).to_dict()
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, output_dir / CONFIG_FILE, resolve=True)
         module.tokenizer.save_pretrained(output_dir / TOKENIZER_DIR)  # predict.py rebuilds the model with it
         # The one writer: every path stored relative to the run folder (datamodules/runs/results.py).
         RunResults.from_dict(results).write(output_dir)

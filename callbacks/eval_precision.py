@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from datamodules.errors import ConfigError
 
@@ -57,8 +58,6 @@ class EvalPrecision(Callback):
         self._float32: dict[str, torch.Tensor] = {}
 
     def _lower(self, trainer: Trainer, module: LightningModule) -> None:
-        from lightning.pytorch.strategies import DeepSpeedStrategy
-
         if isinstance(trainer.strategy, DeepSpeedStrategy):
             self.used = torch.float32 if str(trainer.precision) in ("32-true", "32") else None
             return

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -20,16 +19,9 @@ class SweepSummary(Callback):
         print(summary(Path(config.hydra.sweep.dir)))
 
 
-def job_overrides(run_dir: Path) -> dict[str, str]:
-    """The job's command-line overrides (Hydra's .hydra/overrides.yaml), key -> value."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else []
-    return dict(str(item).lstrip("+~").partition("=")[::2] for item in items or [])
-
-
 def summary(sweep: Path) -> str:
-    runs = [(path.parent, RunFolder(path.parent).results.to_dict(), job_overrides(path.parent))
-            for path in sorted(sweep.rglob(RESULTS_FILE))]
+    folders = [RunFolder(path.parent) for path in sorted(sweep.rglob(RESULTS_FILE))]
+    runs = [(folder.path, folder.results.to_dict(), folder.overrides) for folder in folders]
     if not runs:
         return f"sweep {sweep}: no job finished"
     keys = sorted({key for _, _, overrides in runs for key in overrides})

@@ -152,6 +152,15 @@ class RunFolder:
         return self.path / UNLABELED_PROBS_FILE
 
     @property
+    def overrides(self) -> dict[str, str]:
+        """The run's command-line overrides (Hydra's .hydra/overrides.yaml), key -> value, without +/~ marks."""
+        import yaml
+
+        path = self.path / ".hydra" / "overrides.yaml"
+        items = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else []
+        return {key.lstrip("+~"): value for key, _, value in (str(item).partition("=") for item in items or [])}
+
+    @property
     def tokenizer_dir(self) -> Path:
         return self.path / TOKENIZER_DIR
 
