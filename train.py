@@ -42,6 +42,7 @@ from datamodules.tasks.task_spec import TaskSpec
 from datamodules.teachers.ensemble import TeacherEnsemble
 from datamodules.errors import ConfigError, DataError, Interrupted, TrainingDiverged
 from lightning_modules.scale.devices import on_gpu
+from lightning_modules.scale.precision import resolved_precision
 from lightning_modules.stages.base import StageModule
 from datamodules.runs.saved_config import compose_train_config
 from datamodules.runs import ownership
@@ -243,6 +244,8 @@ def derive_teachers(cfg: DictConfig) -> None:
 def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> BuiltRun:
     """Everything a run needs, data first: bad data stops the run before a model is built."""
     derive_teachers(cfg)
+    with open_dict(cfg):  # config.yaml and the resume check see the precision the run trains with
+        cfg.trainer.precision = resolved_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto"))
     check_config(cfg)
     if tuned := tuned_file():
         log.info("per-task settings from %s (chosen on dev; ~tuned leaves them out)", tuned)
@@ -324,6 +327,7 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
         # Evaluated and predicted without a training step (stage=fuzzy_pet trainer.max_epochs=0: the untrained cloze).
         "zero_shot": trainer.global_step == 0,
         "tuned": tuned_file(),
+        "precision": str(trainer.precision),
         "eval_precision": next((cb.precision_name for cb in r.callbacks if isinstance(cb, EvalPrecision)), None),
         "timing": run_timing(r),
         **datamodule.stats,

@@ -43,8 +43,9 @@ def evaluation_dtype(dtype: str, device: torch.device, precision: str) -> torch.
     with the Trainer's ``precision``; predict.py applies the same rule to a finished run."""
     if dtype == "bfloat16":
         return torch.bfloat16
-    full_precision = str(precision) in ("32-true", "32")
-    if dtype == "auto" and device.type == "cpu" and full_precision and cpu_has_bf16_units():
+    # A run trained under bf16 autocast evaluates with bf16 weights too: faster than casting them at every op.
+    cpu_precision = str(precision) in ("32-true", "32", "bf16-mixed")
+    if dtype == "auto" and device.type == "cpu" and cpu_precision and cpu_has_bf16_units():
         return torch.bfloat16
     return torch.float32
 

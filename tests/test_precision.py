@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import lightning as L
 import pytest
 import torch
@@ -96,3 +99,44 @@ def test_fp16_loss_scaling_skips_and_counts_overflow_steps():
     assert torch.equal(weights[1], weights[2]) and torch.equal(weights[3], weights[4])  # skipped: unchanged
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[2], weights[3])
     assert trainer.callback_metrics["train/skipped_steps"] == 2.0
+
+
+def test_auto_trains_in_bf16_exactly_where_the_cpu_has_bf16_units(monkeypatch):
+    from lightning_modules.scale import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
+    assert precision.resolved_precision("auto", "cpu") == "bf16-mixed"
+    assert precision.resolved_precision("32-true", "cpu") == "32-true"
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: False)
+    assert precision.resolved_precision("auto", "cpu") == "32-true"
+    assert precision.resolved_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+@pytest.mark.skipif(not os.environ.get("ZH_MLM_SMALL"), reason="the shared encoder zh-mlm-small is not there")
+def test_the_shared_encoder_trains_under_cpu_autocast_with_the_float32_loss_of_float32():
+    """Without the LayerNorm hook (lightning_modules/scale/precision.py) this forward pass stops with torch's
+    "mixed dtype (CPU)" error; with it, bf16 autocast gives the float32 loss to bf16's precision."""
+    from lightning_modules.encoders.backbones import PretrainedMLM
+
+    model = PretrainedMLM(os.environ["ZH_MLM_SMALL"], None, False, "sdpa", False).masked_lm().eval()
+    ids = torch.randint(100, 5000, (2, 24), generator=torch.Generator().manual_seed(0))
+    labels = torch.full_like(ids, -100)
+    labels[:, 3:5] = ids[:, 3:5]
+    full = model(input_ids=ids, labels=labels).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(input_ids=ids, labels=labels)
+    mixed.loss.backward()
+    assert mixed.logits.dtype == torch.bfloat16
+    assert torch.isfinite(mixed.loss) and abs(float(mixed.loss) - float(full)) < 0.05 * float(full)
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_precision_auto_is_resolved_before_the_run_and_recorded(tmp_path, shared_fewclue):
+    from lightning_modules.scale.precision import resolved_precision
+
+    done = run_cli(["precision=auto", "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["precision"] == resolved_precision("auto", "cpu")
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"precision: {results['precision']}" in saved

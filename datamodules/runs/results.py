@@ -2,8 +2,9 @@
 
 train.py writes results.json when a run ends; predict.py, report.py, iPET, the distillation teachers and
 scripts/method_table.py read it here. Every path in the file is relative to the run folder, so a copied or
-archived run keeps working: the run's own files (``checkpoint``, ``config``, ``predictions``) as
-``checkpoints/best.ckpt``, ``config.yaml``, ``predictions/eprstmt_predict.json``; paths outside the run (iPET's
+archived run keeps working: the run's own files (``checkpoint``, ``config``, ``predictions``,
+``test_predictions``) as ``checkpoints/best.ckpt``, ``config.yaml``, ``predictions/eprstmt_predict.json``,
+``test_predictions.jsonl``; paths outside the run (iPET's
 parent and teacher runs, distillation teachers, an export folder or encoder given outside it, data files) as
 ``os.path.relpath`` from the run folder (``../teachers/0``).
 
@@ -33,8 +34,11 @@ CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 # Where a teacher's class probabilities on unlabeled rows are cached (datamodules/teachers/ensemble.py).
 UNLABELED_PROBS_FILE = "unlabeled_probs.pt"
+# The labelled test rows' predictions, one JSON line per row (callbacks/test_predictions.py).
+TEST_PREDICTIONS_FILE = "test_predictions.jsonl"
 # The run's own files and the subfolder each lives in (its name is all an older, absolute path keeps).
-OWN_FILES = {"checkpoint": "checkpoints", "config": "", "predictions": "predictions", "unlabeled_probs": ""}
+OWN_FILES = {"checkpoint": "checkpoints", "config": "", "predictions": "predictions", "unlabeled_probs": "",
+             "test_predictions": ""}
 # Paths that may point outside the run (other runs, an encoder, an export folder given elsewhere).
 OUTSIDE_PATHS = ("pretrained", "export_dir", "ipet_parent", "wandb/dir")
 # Other keys whose values are (or hold) file paths: stored relative to the run folder as well. Every other value is
@@ -64,9 +68,12 @@ class RunResults:
     heldout_acc: float | None = None
     test_set: str | None = None
     predictions: str | None = None
+    # The labelled test set's rows with gold and predicted label and class probabilities (TEST_PREDICTIONS_FILE).
+    test_predictions: str | None = None
     checkpoint: str | None = None  # None: not kept (keep_checkpoints=false) or none written
     config: str | None = None
     global_step: int | None = None
+    precision: str | None = None  # what training ran in (trainer.precision; precision=auto resolved)
     eval_precision: str | None = None  # what validation, test and prediction ran in (float32, bfloat16)
     timing: dict[str, float] | None = None  # seconds per phase (callbacks/phase_times.py, train.py)
     zero_shot: bool = False
@@ -144,6 +151,10 @@ class RunFolder:
     @property
     def predictions_path(self) -> Path | None:
         return Path(self.results.predictions) if self.results.predictions else None
+
+    @property
+    def test_predictions_path(self) -> Path | None:
+        return Path(self.results.test_predictions) if self.results.test_predictions else None
 
     @property
     def unlabeled_probs_path(self) -> Path:

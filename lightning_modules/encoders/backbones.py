@@ -14,6 +14,7 @@ from transformers.utils import logging as transformers_logging
 
 from datamodules.errors import ConfigError
 from lightning_modules.encoders.char_vocab import char_tokenizer
+from lightning_modules.scale.precision import layer_norms_follow_weights
 
 
 class TinyBert:
@@ -124,7 +125,7 @@ def _check_attn(name: str) -> str:
 
 
 def _finish(model: PreTrainedModel, activation_checkpointing: bool, compile: bool = False) -> PreTrainedModel:
-    """The memory and speed switches of ``conf/model``.
+    """The memory and speed switches of ``conf/model``, on a model whose LayerNorms run under CPU autocast.
 
     activation_checkpointing: each transformer layer keeps only its input and recomputes its
       activations during backward (non-reentrant ``torch.utils.checkpoint``, per layer).
@@ -132,6 +133,7 @@ def _finish(model: PreTrainedModel, activation_checkpointing: bool, compile: boo
       rather than the whole model so the other parts (embeddings, heads, ZeRO hooks) stay eager and
       a new padded length recompiles one small graph.
     """
+    layer_norms_follow_weights(model)
     model.train()  # from_pretrained returns eval mode, and Lightning keeps modules' modes: dropout would be off
     if activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
