@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +26,11 @@ def _module(make_config, overrides: list[str]):
     return built.module.eval(), built.datamodule
 
 
+def separate_inputs(module, rows) -> dict[int, dict]:
+    """Each word length's own input (one forward pass per length), for scoring by hand."""
+    return module.pattern_encoder.encode([row.fields for row in rows], module.lengths)
+
+
 def training_loss(module, batch) -> torch.Tensor:
     """The cloze training objective without dropout (the module stays in eval mode)."""
     return module.mean_set_loss(module.word_scores(batch), batch["labels"])
@@ -37,8 +45,9 @@ def test_fuzzy_training_loss_is_the_mean_over_sets_and_evaluation_pools_every_wo
     labels = batch["labels"]
     # Scores by hand: each word on the pattern with as many masks as it has characters.
     by_word = {}
+    separate = separate_inputs(module, rows)
     for n in module.lengths:
-        logp = F.log_softmax(module(**batch["patterns"][n]), -1)  # [B, n, V]
+        logp = F.log_softmax(module(**separate[n]), -1)  # [B, n, V]
         for i in module.words.group(n):
             word = module.words.words[i]
             by_word[i] = sum(logp[:, k, t] for k, t in enumerate(word.token_ids))
@@ -85,9 +94,10 @@ def test_slots_longest_scores_every_word_on_one_input_with_the_longest_words_mas
     module, datamodule = _module(make_config, ["task=ocnli", "stage.slots=longest", "stage.word_score=calibrated"])
     assert module.lengths == [1, 2] and module.results["slots"] == "longest"
     batch = module.collate(datamodule.train_rows[:3])
-    assert list(batch["patterns"]) == [2]  # one input per row: two [MASK] slots
+    assert batch["patterns"]["num_masks"] == [2]  # one input per row: two [MASK] slots
+    assert batch["patterns"]["input_ids"].shape[0] == 3
     with torch.no_grad():
-        logp = F.log_softmax(module(**batch["patterns"][2]), -1)  # [B, 2, V]
+        logp = F.log_softmax(module(**separate_inputs(module, datamodule.train_rows[:3])[2]), -1)  # [B, 2, V]
         by_hand = torch.stack([sum(logp[:, k, t] for k, t in enumerate(module.words.words[i].token_ids))
                                for i in module.word_index], -1)  # 对 (1 character) at slot 0 only
         torch.testing.assert_close(module.joint_scores(batch), by_hand)
@@ -107,9 +117,94 @@ def test_slots_longest_scores_every_word_on_one_input_with_the_longest_words_mas
     with torch.no_grad():
         exact.class_log_probs(exact.collate(datamodule.train_rows[:3]))
     handle.remove()
-    assert calls == [1, 2, 2]  # exact: one pass per word length
+    assert calls == [1, 2]  # exact: one pass too, with a copy of each row per word length
     with pytest.raises(ConfigError, match=r"stage.slots='all'; allowed: \['exact', 'longest'\]"):
         _module(make_config, ["task=ocnli", "stage.slots=all"])
+
+
+def scores_by_separate_passes(module, rows) -> torch.Tensor:
+    """[B, W] joint word scores by hand: each word length's own input through the encoder, one pass per length."""
+    separate = separate_inputs(module, rows)
+    logp = {n: F.log_softmax(module(**separate[n]).float(), -1) for n in module.lengths}
+    return torch.stack([sum(logp[len(w.token_ids)][:, k, t] for k, t in enumerate(w.token_ids))
+                        for w in (module.words.words[i] for i in module.word_index)], -1)
+
+
+def calibrated_class_log_probs_by_hand(module, rows) -> torch.Tensor:
+    """Class log-probs of word_score=calibrated, pooling=words, sum_prob from separate passes per length."""
+    empty = dataclasses.replace(rows[0], fields={name: "" for name in module.pattern_encoder.fields})
+    scores = scores_by_separate_passes(module, rows) - scores_by_separate_passes(module, [empty])[0]
+    member = torch.log(F.one_hot(module.word_classes, module.task.num_classes).T.float())  # [C, W], -inf off the class
+    return F.log_softmax(torch.logsumexp(scores.unsqueeze(1) + member, -1), -1)
+
+
+def encoder_passes(module, fn) -> list[int]:
+    """The number of rows of each encoder pass that ``fn`` runs."""
+    calls = []
+    handle = module.encoder.register_forward_hook(
+        lambda _module, args, kwargs, _output: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return calls
+
+
+def test_exact_scoring_runs_every_word_length_in_one_pass_with_the_scores_of_separate_passes(make_config):
+    """csldcp's words have 2-6 characters: a batch goes through the encoder once, its rows copied with 2, 3, 4, 5 and
+    6 masks, and scores (calibrated against the content-free prior, itself one pass) as one pass per length would."""
+    torch.manual_seed(0)
+    module, datamodule = _module(make_config, ["task=csldcp", "stage.word_score=calibrated"])
+    assert module.lengths == [2, 3, 4, 5, 6]
+    rows = datamodule.train_rows[:6]
+    batch = module.collate(rows)
+    stacked = batch["patterns"]
+    assert stacked["num_masks"] == [2, 3, 4, 5, 6] and stacked["input_ids"].shape[0] == 30
+    separate = separate_inputs(module, rows)
+    for k, n in enumerate(module.lengths):  # each group: its own input, padded to the common width
+        own = separate[n]["input_ids"]
+        assert torch.equal(stacked["input_ids"][6 * k : 6 * k + 6, : own.shape[1]], own)
+        assert (stacked["attention_mask"][6 * k : 6 * k + 6, own.shape[1] :] == 0).all()
+        assert torch.equal(stacked["mask_positions"][6 * k : 6 * k + 6, :n], separate[n]["mask_positions"])
+    with torch.no_grad():
+        passes = encoder_passes(module, lambda: module.class_log_probs(batch))
+        assert passes == [5, 30]  # the prior (one empty row, 5 copies), then the batch: 2 passes, not 10
+        torch.testing.assert_close(module.class_log_probs(batch), calibrated_class_log_probs_by_hand(module, rows),
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(module.joint_scores(batch), scores_by_separate_passes(module, rows), atol=1e-5, rtol=1e-5)
+    # Training: the loss and its gradients are those of separate passes (eval mode: no dropout noise).
+    module.word_score = "sum"
+    loss = training_loss(module, batch)
+    loss.backward()
+    one_pass = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+    module.zero_grad()
+    by_hand = module.mean_set_loss(scores_by_separate_passes(module, rows), batch["labels"])
+    by_hand.backward()
+    assert loss.item() == pytest.approx(by_hand.item(), abs=1e-5)
+    assert one_pass.keys() == {name for name, p in module.named_parameters() if p.grad is not None}
+    for name, p in module.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(one_pass[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_exact_one_pass_scores_real_tnews_rows_as_separate_passes_with_the_shared_encoder(make_config):
+    """The shared pretrained encoder on tnews dev rows (words of 2, 3 and 4 characters): the class log-probs of the
+    one stacked pass are those of one pass per length, under sum and calibrated word scores."""
+    encoder = Path(os.environ.get("ZH_MLM_SMALL", ""))
+    if not (encoder / "config.json").is_file():
+        pytest.skip("the shared encoder is not found; set ZH_MLM_SMALL")
+    module, datamodule = _module(make_config, ["task=tnews", "model=hf", f"model.pretrained={encoder}",
+                                               "stage.word_score=calibrated"])
+    assert module.lengths == [2, 3, 4]
+    rows = datamodule.val_rows[:8]
+    batch = module.collate(rows)
+    with torch.no_grad():
+        torch.testing.assert_close(module.class_log_probs(batch), calibrated_class_log_probs_by_hand(module, rows),
+                                   atol=1e-4, rtol=1e-4)
+        module.word_score = "sum"
+        member = torch.log(F.one_hot(module.word_classes, module.task.num_classes).T.float())
+        by_hand = F.log_softmax(torch.logsumexp(scores_by_separate_passes(module, rows).unsqueeze(1) + member, -1), -1)
+        torch.testing.assert_close(module.class_log_probs(batch), by_hand, atol=1e-4, rtol=1e-4)
 
 
 def test_verbalizer_v1_scores_only_v1_words(make_config):
@@ -118,7 +213,7 @@ def test_verbalizer_v1_scores_only_v1_words(make_config):
     assert [module.words.words[i].text for i in module.word_index] == ["是的", "可能", "不是"]
     batch = module.collate(datamodule.val_rows[:3])
     with torch.no_grad():
-        lp = F.log_softmax(module(**batch["patterns"][2]), -1)
+        lp = F.log_softmax(module(**separate_inputs(module, datamodule.val_rows[:3])[2]), -1)
         ids = module.group_ids[2]
         words = torch.stack([lp[:, 0, a] + lp[:, 1, b] for a, b in ids.tolist()], -1)
         assert module.class_log_probs(batch) == pytest.approx(F.log_softmax(words, -1), abs=1e-5)
@@ -129,10 +224,9 @@ def test_chid_scores_its_seven_candidates_on_four_masks(make_config):
     module, datamodule = _module(make_config, ["task=chid"])
     rows = datamodule.train_rows[:2]
     batch = module.collate(rows)
-    (n,) = batch["patterns"]
-    assert n == 4 and batch["candidate_ids"].shape == (2, 7, 4)
-    ids = batch["patterns"][4]["input_ids"]
-    positions = batch["patterns"][4]["mask_positions"]
+    assert batch["patterns"]["num_masks"] == [4] and batch["candidate_ids"].shape == (2, 7, 4)
+    ids = batch["patterns"]["input_ids"]
+    positions = batch["patterns"]["mask_positions"]
     assert (ids.gather(1, positions) == module.tokenizer.mask_token_id).all()
     with torch.no_grad():
         assert module.class_log_probs(batch).shape == (2, 7)

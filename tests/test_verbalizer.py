@@ -153,3 +153,25 @@ def test_truncation_keeps_pattern_text_and_masks_and_a_window_around_the_slot():
     ids = chid.encode([{"left": "这个手机真的", "right": "很好很差"}], [2])[2]["input_ids"][0].tolist()
     # Budget 8 - 2 - 2 masks = 4: two characters on each side of the slot survive.
     assert ids == [2, v["真"], v["的"], 4, 4, v["很"], v["好"], 3]
+
+
+def test_encode_stacked_puts_every_mask_count_in_one_input_padded_to_the_widest():
+    encoder = PatternEncoder("感觉{mask}。{sentence}", TOKENIZER, ["sentence"], max_length=12)
+    rows = [{"sentence": "很好"}, {"sentence": "差"}]
+    separate = encoder.encode(rows, [1, 3])
+    stacked = encoder.encode_stacked(rows, [1, 3])
+    v = TOKENIZER.vocab
+    assert stacked["num_masks"] == [1, 3]
+    # Rows 0-1: one mask, padded (masked out) to the width of the three-mask copies, rows 2-3.
+    assert stacked["input_ids"].tolist() == [
+        [2, v["感"], v["觉"], 4, v["。"], v["很"], v["好"], 3, 0, 0],
+        [2, v["感"], v["觉"], 4, v["。"], v["差"], 3, 0, 0, 0],
+        [2, v["感"], v["觉"], 4, 4, 4, v["。"], v["很"], v["好"], 3],
+        [2, v["感"], v["觉"], 4, 4, 4, v["。"], v["差"], 3, 0],
+    ]
+    assert stacked["attention_mask"].tolist() == [[1] * 8 + [0] * 2, [1] * 7 + [0] * 3, [1] * 10, [1] * 9 + [0]]
+    assert torch.equal(stacked["input_ids"][2:], separate[3]["input_ids"])
+    assert torch.equal(stacked["input_ids"][:2, :8], separate[1]["input_ids"])
+    assert not stacked["token_type_ids"].any()
+    # A row's own slots, then its last slot again up to the longest count (never read: each group keeps its n).
+    assert stacked["mask_positions"].tolist() == [[3, 3, 3], [3, 3, 3], [3, 4, 5], [3, 4, 5]]

@@ -136,9 +136,27 @@ class PatternEncoder:
         )
 
     def encode(self, rows_fields: list[dict[str, str]], num_masks: list[int]) -> dict[int, dict[str, torch.Tensor]]:
-        """For each n in ``num_masks``: input_ids, attention_mask, token_type_ids [B, T] and mask_positions [B, n]."""
-        field_ids = {name: self.token_ids([str(f[name]) for f in rows_fields]) for name in dict.fromkeys(self.fields)}
-        return {n: self._encode_with(field_ids, len(rows_fields), n) for n in num_masks}
+        """For each n in ``num_masks`` its own input: input_ids, attention_mask, token_type_ids [B, T_n] and
+        mask_positions [B, n] (one forward pass each; ``encode_stacked`` makes one input of them all)."""
+        field_ids = self.field_token_ids(rows_fields)
+        return {n: self._tensors(*self._sequences(field_ids, len(rows_fields), n), n) for n in num_masks}
+
+    def encode_stacked(self, rows_fields: list[dict[str, str]], num_masks: list[int]) -> dict:
+        """Every n in ``num_masks`` in ONE input, for one forward pass: the B rows with num_masks[0] masks, then the
+        B rows with num_masks[1], ... stacked along the batch dimension and padded to the widest, [K*B, T]. A row's
+        padding is masked out of attention, so its hidden states are those of its own group's input; mask_positions
+        [K*B, max n] repeats a row's last slot past its n; ``num_masks`` says which group has how many slots."""
+        field_ids = self.field_token_ids(rows_fields)
+        longest = max(num_masks)
+        sequences, positions = [], []
+        for n in num_masks:
+            group, slots = self._sequences(field_ids, len(rows_fields), n)
+            sequences += group
+            positions += [row + row[-1:] * (longest - n) for row in slots]
+        return {**self._tensors(sequences, positions, longest), "num_masks": list(num_masks)}
+
+    def field_token_ids(self, rows_fields: list[dict[str, str]]) -> dict[str, list[list[int]]]:
+        return {name: self.token_ids([str(f[name]) for f in rows_fields]) for name in dict.fromkeys(self.fields)}
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """The token ids of each text (no special tokens), from the cache; new texts in one tokenizer call."""
@@ -147,7 +165,8 @@ class PatternEncoder:
             self._token_ids.update(zip(new, self.tokenizer(new, add_special_tokens=False)["input_ids"]))
         return [self._token_ids[t] for t in texts]
 
-    def _encode_with(self, field_ids: dict[str, list[list[int]]], batch: int, n: int) -> dict[str, torch.Tensor]:
+    def _sequences(self, field_ids: dict[str, list[list[int]]], batch: int, n: int) -> tuple[list[list[int]], list[list[int]]]:
+        """The token ids of each row with n masks, and the positions of its masks."""
         budget = self.max_length - 2 - self.literal_length - n
         if budget < 0:
             raise ConfigError(
@@ -173,9 +192,15 @@ class PatternEncoder:
             ids.append(tok.sep_token_id)
             sequences.append(ids)
             positions.append(mask_at)
-        width = max(len(s) for s in sequences)
-        input_ids = torch.full((batch, width), tok.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
+        return sequences, positions
+
+    def _tensors(self, sequences: list[list[int]], positions: list[list[int]], n: int) -> dict[str, torch.Tensor]:
+        """The rows right-padded to the longest: input_ids, attention_mask, token_type_ids [B, T], mask_positions [B, n]."""
+        tok = self.tokenizer
+        rows = len(sequences)
+        width = max((len(s) for s in sequences), default=0)
+        input_ids = torch.full((rows, width), tok.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((rows, width), dtype=torch.long)
         for row, ids in enumerate(sequences):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention[row, : len(ids)] = 1
@@ -183,7 +208,7 @@ class PatternEncoder:
             "input_ids": input_ids,
             "attention_mask": attention,
             "token_type_ids": torch.zeros_like(input_ids),
-            "mask_positions": torch.tensor(positions, dtype=torch.long).view(batch, n),
+            "mask_positions": torch.tensor(positions, dtype=torch.long).view(rows, n),
         }
 
 

@@ -1,8 +1,10 @@
 """``stage=fuzzy_pet``: PET with several label-word sets, scored by the masked LM at [MASK] slots.
 
 A row is written into a cloze pattern (``conf/task/<task>.yaml``, ``stage.pattern`` picks one);
-each label word of n characters is scored on a copy of the pattern with n [MASK] tokens (one
-forward pass per distinct word length, batched over rows). ``verbalizer=fuzzy`` pools every set:
+each label word of n characters is scored on a copy of the pattern with n [MASK] tokens. The
+copies of every distinct word length go through the encoder in one forward pass, stacked along
+the batch dimension (``PatternEncoder.encode_stacked``; padding is masked, so each copy scores as
+it would alone). ``verbalizer=fuzzy`` pools every set:
 a class's probability is the sum of its words' probabilities. Training takes the mean over sets
 of each set's cross-entropy, so the model learns every word of a class. chid scores its 7
 candidate idioms at the idiom slot (4 masks); cluewsc fills its pattern with span1/span2.
@@ -43,8 +45,9 @@ from lightning_modules.scoring.verbalizer import (
 
 log = logging.getLogger(__name__)
 
-# exact: one forward pass per distinct word length, each word on exactly its number of [MASK] slots;
-# longest: one pass with the longest word's number of slots, a shorter word scored at the first of them.
+# exact: each word on exactly its number of [MASK] slots (a copy of the row per distinct word length, all copies
+# in one forward pass); longest: one copy with the longest word's number of slots, a shorter word scored at the
+# first of them.
 SLOTS = ("exact", "longest")
 # What training minimises: pooled (the cross-entropy of the class distribution evaluation scores: p(class) from all
 # words of all sets in use, the seed system's probability sum) or per_set (the mean of each set's own cross-entropy).
@@ -165,10 +168,23 @@ class FuzzyPetModule(StageModule):
 
     # -- masked LM -------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask, token_type_ids, mask_positions) -> torch.Tensor:
-        """Logits over the vocabulary at the mask slots: [B, n, V] (the MLM head runs on the slots only)."""
-        hidden = self.encode({"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids})
-        slots = hidden.gather(1, mask_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        return self.mlm_head(slots)
+        """Logits over the vocabulary at the mask slots of one input (``PatternEncoder.encode``): [B, n, V]."""
+        (logits,) = self.slot_logits({"input_ids": input_ids, "attention_mask": attention_mask,
+                                      "token_type_ids": token_type_ids, "mask_positions": mask_positions,
+                                      "num_masks": [mask_positions.shape[1]]})
+        return logits
+
+    def slot_logits(self, inputs: dict) -> list[torch.Tensor]:
+        """One encoder pass over every group of a stacked input (``PatternEncoder.encode_stacked``): the logits over
+        the vocabulary at each group's own n mask slots, [B, n, V] per group in ``num_masks`` order. The MLM head runs
+        once, on the real slots only."""
+        hidden = self.encode(inputs)  # [K*B, T, H]
+        counts = inputs["num_masks"]
+        rows = hidden.shape[0] // len(counts)
+        slots = hidden.gather(1, inputs["mask_positions"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        real = torch.cat([slots[k * rows : (k + 1) * rows, :n].reshape(rows * n, -1) for k, n in enumerate(counts)])
+        logits = self.mlm_head(real)
+        return [part.view(rows, n, -1) for part, n in zip(logits.split([rows * n for n in counts]), counts)]
 
     # -- batches ---------------------------------------------------------------------------------
     def collate(self, rows: list[Row]) -> dict:
@@ -179,31 +195,33 @@ class FuzzyPetModule(StageModule):
         if self.multiple_choice:
             candidates = candidate_ids(self.tokenizer, rows)
             batch["candidate_ids"] = candidates
-            batch["patterns"] = self.pattern_encoder.encode([row.fields for row in rows], [candidates.shape[-1]])
+            batch["patterns"] = self.pattern_encoder.encode_stacked([row.fields for row in rows], [candidates.shape[-1]])
         else:
-            batch["patterns"] = self.pattern_encoder.encode([row.fields for row in rows], self.encoded_lengths)
+            batch["patterns"] = self.pattern_encoder.encode_stacked([row.fields for row in rows], self.encoded_lengths)
         return batch
 
     @property
     def encoded_lengths(self) -> list[int]:
-        """The numbers of [MASK] slots a row is encoded with (one input per entry)."""
+        """The numbers of [MASK] slots a row is encoded with (one copy of the row per entry, all in one pass)."""
         return self.lengths if self.slots == "exact" else self.lengths[-1:]
 
     # -- scores ----------------------------------------------------------------------------------
     def joint_scores(self, batch: dict) -> torch.Tensor:
         """[B, W]: log p(word) (or PET's raw word logit for mean_logit) of every word in use, summed over its slots."""
         if self.multiple_choice:
-            (inputs,) = batch["patterns"].values()
-            return self._score(self(**inputs), batch["candidate_ids"])
+            (logits,) = self.slot_logits(batch["patterns"])
+            return self._score(logits, batch["candidate_ids"])
         return self._scores_by_length(batch["patterns"])
 
-    def _scores_by_length(self, patterns: dict[int, dict]) -> torch.Tensor:
-        """[B, W]: every length group's words scored on its own input (exact) or on the first n slots of one (longest)."""
+    def _scores_by_length(self, patterns: dict) -> torch.Tensor:
+        """[B, W]: every length group's words scored on the copy of the row with its own number of slots (exact) or
+        on the first n slots of the longest words' copy (longest); one encoder pass either way."""
+        groups = self.slot_logits(patterns)
         if self.slots == "longest":
-            slot_logits = self(**patterns[self.lengths[-1]])
-            parts = [self._score(slot_logits[:, :n], self.group_ids[n]) for n in self.lengths]
+            (longest,) = groups
+            parts = [self._score(longest[:, :n], self.group_ids[n]) for n in self.lengths]
         else:
-            parts = [self._score(self(**patterns[n]), self.group_ids[n]) for n in self.lengths]
+            parts = [self._score(logits, self.group_ids[n]) for logits, n in zip(groups, self.lengths)]
         return torch.cat(parts, dim=-1)
 
     def _score(self, slot_logits: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
@@ -231,8 +249,9 @@ class FuzzyPetModule(StageModule):
         computed once, from the weights training starts from."""
         if self.multiple_choice:
             candidates = batch["candidate_ids"]
-            (inputs,) = self.pattern_encoder.encode([self._empty_fields()] * len(candidates), [candidates.shape[-1]]).values()
-            return self._score(self(**self._on_device(inputs)), candidates)
+            inputs = self.pattern_encoder.encode_stacked([self._empty_fields()] * len(candidates), [candidates.shape[-1]])
+            (logits,) = self.slot_logits(self._on_device(inputs))
+            return self._score(logits, candidates)
         if self.word_score == "calibrated_initial":
             if not self._initial_prior_known:
                 was_training = self.training
@@ -257,11 +276,11 @@ class FuzzyPetModule(StageModule):
         return {name: "" for name in self.pattern_encoder.fields}
 
     def _content_free_words(self) -> torch.Tensor:
-        patterns = self.pattern_encoder.encode([self._empty_fields()], self.encoded_lengths)
-        return self._scores_by_length({n: self._on_device(inputs) for n, inputs in patterns.items()})[0]
+        patterns = self.pattern_encoder.encode_stacked([self._empty_fields()], self.encoded_lengths)
+        return self._scores_by_length(self._on_device(patterns))[0]
 
     def _on_device(self, inputs: dict) -> dict:
-        return {key: value.to(self.device) for key, value in inputs.items()}
+        return {key: value.to(self.device) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
 
     def class_log_probs(self, batch: dict) -> torch.Tensor:
         """All words in use pooled per class (all sets under verbalizer=fuzzy)."""
