@@ -1,22 +1,27 @@
-"""Aggregate a sweep's results.json files into the FewCLUE table; optionally zip leaderboard files.
+"""A sweep's results.json files as tables and a plot: per run for any sweep, the FewCLUE table for FewCLUE runs.
 
-    python report.py SWEEP_DIR            # table on stdout + SWEEP_DIR/report.{md,csv,png}
+    python report.py SWEEP_DIR            # tables on stdout + SWEEP_DIR/report.{md,csv,png} and runs.csv
     python report.py SWEEP_DIR --zip      # also SWEEP_DIR/fewclue_submission.zip: the single board, one file per
                                           # task from its split-0 run (train_0/dev_0, as FewCLUE's README prescribes)
     python report.py SWEEP_DIR --board multi  # SWEEP_DIR/fewclue_multi_submission.zip: <task>_predict_<split>.json
                                               # for splits 0-4 and all (upstream's resources/fewclue_m_submit_examples/)
-    python report.py SWEEP_DIR --wandb    # also the table and plot as one W&B run in the sweep's group
+    python report.py SWEEP_DIR --wandb    # also the tables and plot as one W&B run in the sweep's group
 
-Runs are grouped by setting: task, stage, verbalizer and the run's other overrides (read from
-its ``.hydra/overrides.yaml``; split, seed and paths are not part of a setting, every ``stage.*``,
-``task.*`` or ``verbalizer.*`` override is). The zip refuses (exit 2) a prediction file that does not
-cover every row of test.json (``data/predict_rows`` in results.json). Per setting:
-mean ± sample std of the accuracy over splits 0-4, the few_all (``split=all``) score, and, per
-stage/verbalizer/variant, the FewCLUE score: the unweighted mean over tasks of the split mean.
-Accuracy is ``test/acc`` (test_public.json) where every run of the table has it, else ``heldout/acc``
-(labelled rows no run trained on or selected with), else ``val/acc`` (dev, which also chose the checkpoint),
-and the table says which. Where a task was run with several label-word sets, the report
-adds the accuracy per set and the spread (max - min of the split means) across sets.
+Every sweep (FewCLUE or one's own files, ``data=files``) gets the runs table: per run its setting (the Hydra
+overrides that differ between the sweep's runs, ``RunFolder.overrides``; paths and logging left out), ``val/acc``,
+``heldout/acc`` and ``test/acc`` where present, and each label-word set's accuracy (``val/acc_<set>``,
+``test/acc_<set>``, ``heldout/acc_<set>``); the run with the best ``val/acc`` is marked (the one predict.py takes
+from the sweep folder). ``runs.csv`` holds it; for a sweep without FewCLUE runs it is also report.csv and the plot.
+
+FewCLUE runs (the ones with a ``split``) are also grouped by setting: task, stage, verbalizer and the run's other
+overrides (split, seed and paths are not part of a setting, every ``stage.*``, ``task.*`` or ``verbalizer.*``
+override is). The zip refuses (exit 2) a prediction file that does not cover every row of test.json
+(``data/predict_rows`` in results.json). Per setting: mean ± sample std of the accuracy over splits 0-4, the
+few_all (``split=all``) score, and, per stage/verbalizer/variant, the FewCLUE score: the unweighted mean over tasks
+of the split mean. Accuracy is ``test/acc`` (test_public.json) where every run of the table has it, else
+``heldout/acc`` (labelled rows no run trained on or selected with), else ``val/acc`` (dev, which also chose the
+checkpoint), and the table says which. Where a task was run with several label-word sets, the report adds the
+accuracy per set and the spread (max - min of the split means) across sets.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import statistics
 import sys
 import zipfile
@@ -52,7 +58,13 @@ LOCATIONS = ("paths.", "hydra.", "logger.")
 class Run:
     folder: RunFolder
     results: dict  # results.json's keys (datamodules/runs/results.py), its paths resolved in ``folder``
-    variant: str
+    variant: str  # the overrides that vary between runs and make a FewCLUE setting (not split or seed)
+    setting: str = ""  # every override that varies between the runs (split and seed too), paths and logging left out
+
+    @property
+    def is_fewclue(self) -> bool:
+        """A FewCLUE run (data=fewclue: it has a split); one's own files (data=files) have none."""
+        return self.results.get("split") is not None
 
     @property
     def path(self) -> Path:
@@ -90,14 +102,10 @@ class Setting:
         return statistics.fmean(values) if values else None
 
 
-def _overrides(folder: RunFolder) -> dict[str, str]:
-    """The run's overrides that make its setting (not its split, seed or where things go)."""
-    return {key: value for key, value in folder.overrides.items()
-            if key not in NOT_A_SETTING and not key.startswith(LOCATIONS)}
-
-
 def collect(sweep_dir: Path) -> list[Run]:
-    """Every results.json below ``sweep_dir``; a run's variant is the overrides that vary between runs."""
+    """Every results.json below ``sweep_dir`` (in path order, as predict.py and the sweep summary read a sweep); a
+    run's variant is the setting overrides that vary between runs, its setting every override that varies (not
+    where things are)."""
     found = []
     for path in sorted(sweep_dir.rglob(RESULTS_FILE)):
         folder = RunFolder(path.parent)
@@ -105,10 +113,27 @@ def collect(sweep_dir: Path) -> list[Run]:
             results = folder.results.to_dict()
         except ConfigError as err:
             raise SystemExit(f"error: {err}") from None
-        found.append((folder, results, _overrides(folder)))
-    keys = {k for _, _, o in found for k in o}
-    varying = sorted(k for k in keys if len({o.get(k) for _, _, o in found}) > 1)
-    return [Run(d, r, " ".join(f"{k}={o[k]}" for k in varying if k in o)) for d, r, o in found]
+        overrides = {k: v for k, v in folder.overrides.items() if not k.startswith(LOCATIONS)}
+        found.append((folder, results, overrides))
+    variant_keys = _varying([_overrides_of(o) for _, _, o in found])
+    setting_keys = _varying([o for _, _, o in found])
+    return [Run(d, r, " ".join(f"{k}={o[k]}" for k in variant_keys if k in o),
+                " ".join(f"{k}={o[k]}" for k in setting_keys if k in o)) for d, r, o in found]
+
+
+def _overrides_of(overrides: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in overrides.items() if key not in NOT_A_SETTING}
+
+
+def _varying(overrides: list[dict[str, str]]) -> list[str]:
+    """The keys whose value is not the same in every run (a key some runs lack varies)."""
+    keys = {k for o in overrides for k in o}
+    return sorted(k for k in keys if len({o.get(k) for o in overrides}) > 1)
+
+
+def _natural(path: Path) -> list:
+    """Sort key: numbers as numbers (Hydra's job folders 0, 1, ..., 10)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]
 
 
 def group(runs: list[Run]) -> list[Setting]:
@@ -173,6 +198,78 @@ def verbalizer_spread(rows: list[dict]) -> list[dict]:
     return out
 
 
+# The per-run table's accuracies, in this order; then each label-word set's (``PER_SET``), as results.json has them.
+RUN_METRICS = ("val/acc", "heldout/acc", "test/acc")
+PER_SET = re.compile(r"^(val|heldout|test)/acc_(.+)$")
+
+
+def run_rows(runs: list[Run], sweep_dir: Path) -> list[dict]:
+    """One row per run (job 2 before job 10): its folder (relative to the sweep), setting, accuracies (fractions, as
+    results.json holds them; None where the run has none) and whether it is the sweep's best on dev (the run
+    predict.py takes from the sweep folder: the first of equals in ``collect``'s order)."""
+    best = best_dev(runs) if any(r.results.get("val/acc") is not None for r in runs) else None
+    runs = sorted(runs, key=lambda r: _natural(r.path.relative_to(sweep_dir)))
+    per_set = sorted({key for r in runs for key in r.results if PER_SET.match(key)},
+                     key=lambda key: (RUN_METRICS.index(PER_SET.match(key).group(1) + "/acc"), key))
+    shown = [m for m in RUN_METRICS if any(r.results.get(m) is not None for r in runs)] + per_set
+    rows = []
+    for run in runs:
+        name = run.path.relative_to(sweep_dir).as_posix() if run.path != sweep_dir else "."
+        row = {"run": name, "task": run.results.get("task"), "stage": run.results.get("stage"),
+               "setting": run.setting or "-"}
+        row.update({metric: run.results.get(metric) for metric in shown})
+        row["best_on_dev"] = run is best
+        rows.append(row)
+    return rows
+
+
+def run_metrics(rows: list[dict]) -> list[str]:
+    return [key for key in rows[0] if key not in ("run", "task", "stage", "setting", "best_on_dev")] if rows else []
+
+
+def runs_markdown(rows: list[dict]) -> str:
+    metrics = run_metrics(rows)
+    lines = ["Runs, accuracy (%): val/acc is dev, which also chose each run's checkpoint (optimistic); heldout/acc "
+             "and test/acc score that checkpoint on rows it never saw.", "",
+             "| run | task | stage | setting | " + " | ".join(metrics) + " |", "|---|---|---|---|" + "---|" * len(metrics)]
+    for r in rows:
+        mark = " (best on dev)" if r["best_on_dev"] else ""
+        cells = [_fmt(r[m]) for m in metrics]
+        lines.append(f"| {r['run']}{mark} | {r['task']} | {r['stage']} | {r['setting']} | " + " | ".join(cells) + " |")
+    best = next((r for r in rows if r["best_on_dev"]), None)
+    if best is not None:
+        scores = ", ".join(f"{m} {_fmt(best[m])}" for m in RUN_METRICS if m in best and best[m] is not None)
+        lines += ["", f"Best on dev: {best['run']} ({best['setting']}): {scores}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_runs(rows: list[dict], path: Path) -> None:
+    """Per run, a bar for each of val/acc, heldout/acc and test/acc it has; the best-on-dev run's label is marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in RUN_METRICS if m in run_metrics(rows)]
+    labels = [("* " if r["best_on_dev"] else "") + r["run"] + (f"\n{r['setting']}" if r["setting"] != "-" else "")
+              for r in rows]
+    width = 0.8 / max(1, len(metrics))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) * max(1, len(metrics)) / 2 + 1.5), 4))
+    colors = {"val/acc": "#4c72b0", "heldout/acc": "#55a868", "test/acc": "#dd8452"}
+    for k, metric in enumerate(metrics):
+        xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
+        ax.bar(xs, [100 * (r[metric] or 0.0) for r in rows], width, label=metric, color=colors[metric])
+    ax.set_xticks(list(range(len(rows))), labels, fontsize=7)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("per run (* best on dev)", fontsize=9)
+    if metrics:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def markdown(rows: list[dict], scores: list[dict], spreads: list[dict], metric: str) -> str:
     name = METRICS[metric]
     lines = [f"Accuracy (%): {name}, mean ± sample std over splits 0-4; few_all = split `all`.", "",
@@ -193,6 +290,9 @@ def markdown(rows: list[dict], scores: list[dict], spreads: list[dict], metric: 
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
+    if not rows:
+        path.write_text("", encoding="utf-8")
+        return
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -301,11 +401,12 @@ def board_warnings(runs: list[Run], names: list[str], board: str) -> str:
     return text + ("warning: a FewCLUE multi-board submission needs 9 tasks x 6 files\n" if len(names) < 54 else "")
 
 
-def log_to_wandb(sweep_dir: Path, runs: list[Run], rows: list[dict], scores: list[dict], spreads: list[dict],
-                 metric: str) -> Path:
+def log_to_wandb(sweep_dir: Path, runs: list[Run], rows: list[dict], per_run: list[dict], scores: list[dict],
+                 spreads: list[dict], metric: str) -> Path:
     """One W&B run (job type ``report``) in the group of the sweep's runs (``wandb/group`` in their results.json;
-    the sweep directory when they were not logged to W&B), holding the table, the scores, the per-set spread and
-    the plot. Offline unless ``WANDB_MODE=online``; returns the run's directory."""
+    the sweep directory when they were not logged to W&B), holding report.csv's table, the runs table, the FewCLUE
+    scores and the per-set spread (FewCLUE runs), the plot, and the best-on-dev run in its summary. Offline unless
+    ``WANDB_MODE=online``; returns the run's directory."""
     import wandb
 
     groups = sorted({str(r.results["wandb/group"]) for r in runs if r.results.get("wandb/group")})
@@ -322,7 +423,12 @@ def log_to_wandb(sweep_dir: Path, runs: list[Run], rows: list[dict], scores: lis
             columns = list(items[0])
             return wandb.Table(columns=columns, data=[[_plain(item[c]) for c in columns] for item in items])
 
-        panels = {"report/table": table(rows), "report/plot": wandb.Image(str(sweep_dir / "report.png"))}
+        panels = {"report/table": table(rows), "report/runs": table(per_run),
+                  "report/plot": wandb.Image(str(sweep_dir / "report.png"))}
+        best = next((r for r in per_run if r["best_on_dev"]), None)
+        if best is not None:
+            run.summary.update({"best_on_dev/run": best["run"], "best_on_dev/setting": best["setting"],
+                                **{f"best_on_dev/{m}": best[m] for m in RUN_METRICS if best.get(m) is not None}})
         if scores:
             panels["report/fewclue_score"] = table(scores)
         if spreads:
@@ -341,15 +447,24 @@ def report(sweep_dir: Path, make_zip: bool = False, to_wandb: bool = False, boar
     runs = collect(sweep_dir)
     if not runs:
         raise SystemExit(f"error: no results.json under {sweep_dir}")
-    settings = group(runs)
-    metric = pick_metric(settings)
-    rows = table_rows(settings, metric)
-    text = markdown(rows, fewclue_scores(rows), verbalizer_spread(rows), metric)
+    per_run = run_rows(runs, sweep_dir)
+    fewclue = [run for run in runs if run.is_fewclue]
+    rows, scores, spreads, metric = [], [], [], "val/acc"
+    if fewclue:
+        settings = group(fewclue)
+        metric = pick_metric(settings)
+        rows = table_rows(settings, metric)
+        scores, spreads = fewclue_scores(rows), verbalizer_spread(rows)
+        text = markdown(rows, scores, spreads, metric) + "\n" + runs_markdown(per_run)
+        plot(rows, sweep_dir / "report.png", metric)
+    else:
+        text = runs_markdown(per_run)
+        plot_runs(per_run, sweep_dir / "report.png")
     (sweep_dir / "report.md").write_text(text, encoding="utf-8")
-    write_csv(rows, sweep_dir / "report.csv")
-    plot(rows, sweep_dir / "report.png", metric)
+    write_csv(rows if fewclue else per_run, sweep_dir / "report.csv")
+    write_csv(per_run, sweep_dir / "runs.csv")
     if to_wandb:
-        text += f"\nW&B: {log_to_wandb(sweep_dir, runs, rows, fewclue_scores(rows), verbalizer_spread(rows), metric)}\n"
+        text += f"\nW&B: {log_to_wandb(sweep_dir, runs, rows or per_run, per_run, scores, spreads, metric)}\n"
     if make_zip:
         names = submission_zip(runs, sweep_dir / ZIPS[board], board)
         text += f"\n{ZIPS[board]} ({board} board): {len(names)} file(s): {', '.join(names)}\n"
@@ -365,13 +480,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--board", choices=sorted(ZIPS),
                         help="zip this board's submission: single (as --zip) or multi (per task splits 0-4 and all)")
     parser.add_argument("--wandb", action="store_true",
-                        help="log the table and plot as one W&B run in the sweep's group (offline unless WANDB_MODE=online)")
+                        help="log the tables and plot as one W&B run in the sweep's group (offline unless WANDB_MODE=online)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         raise SystemExit(f"error: {args.sweep_dir} is not a directory")
     board = args.board or "single"
     print(report(args.sweep_dir, args.zip or args.board is not None, args.wandb, board), end="")
-    print(f"written: {args.sweep_dir / 'report.md'}, report.csv, report.png", file=sys.stderr)
+    print(f"written: {args.sweep_dir / 'report.md'}, report.csv, runs.csv, report.png", file=sys.stderr)
 
 
 if __name__ == "__main__":

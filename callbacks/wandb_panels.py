@@ -8,9 +8,12 @@ resolved config as the run's config.
 ``WandbPanels`` (added by ``conf/logger/wandb.yaml``, so only under ``logger=wandb``) logs at every
 validation a table of dev predictions (``val/predictions``: id, text, gold, predicted, probability; the
 first ``max_rows`` dev rows in file order) and a confusion matrix over the whole dev set
-(``val/confusion_matrix``), and writes the run's project, group, name, id and directory into results.json
-(``wandb/*``), where ``report.py --wandb`` finds the group. Runs whose DataModule serves no one task (not a
-``datamodules.protocol.TaskData``: kgbert, mlm, entailment) get neither.
+(``val/confusion_matrix``); after training, when the run scores a labelled test set (test_public.json,
+``data.test``), the same two for its rows under the selected checkpoint (``test/predictions``, the first
+``max_rows`` test rows in file order, and ``test/confusion_matrix`` over all of them); and it writes the run's
+project, group, name, id and directory into results.json (``wandb/*``), where ``report.py --wandb`` finds the
+group. Runs whose DataModule serves no one task (not a ``datamodules.protocol.TaskData``: kgbert, mlm,
+entailment) get none of the tables.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from hydra.types import RunMode
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from callbacks.test_predictions import ScoredRows, row_text
 from datamodules.protocol import TaskData
 from lightning_modules.knowledge.masking import IGNORE
 from lightning_modules.stages.base import StepOutput
@@ -73,6 +77,7 @@ class WandbPanels(Callback):
     def __init__(self, max_rows: int) -> None:
         self.max_rows = max_rows
         self._seen: list[tuple[Any, int, int, float]] = []  # (row id, gold, predicted, probability)
+        self._test = ScoredRows("test")
 
     @staticmethod
     def _logger(trainer) -> WandbLogger | None:
@@ -123,6 +128,32 @@ class WandbPanels(Callback):
                                              title=f"{task.name} dev, step {trainer.global_step}")
         logger.log_metrics({"val/predictions": table, "val/confusion_matrix": matrix}, step=trainer.global_step)
 
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._test.start(trainer)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._test.add(outputs, batch, dataloader_idx)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        """The labelled test rows under the selected checkpoint: a table of the first ``max_rows`` in file order
+        and the confusion matrix over all of them."""
+        scored = self._test.gathered(trainer)
+        logger = self._logger(trainer)
+        if logger is None or not trainer.is_global_zero or not scored:
+            return
+        import wandb
+
+        task = trainer.datamodule.task
+        table = wandb.Table(columns=["id", "text", "gold", "predicted", "probability"])
+        for item in scored[: self.max_rows]:
+            table.add_data(str(item.row.id), row_text(task, item.row), class_name(task, item.row, item.gold),
+                           class_name(task, item.row, item.predicted), item.probs[item.predicted])
+        names = [class_name(task, None, c) for c in range(task.num_classes)]
+        matrix = wandb.plot.confusion_matrix(y_true=[item.gold for item in scored],
+                                             preds=[item.predicted for item in scored], class_names=names,
+                                             title=f"{task.name} test ({len(scored)} rows)")
+        logger.log_metrics({"test/predictions": table, "test/confusion_matrix": matrix}, step=trainer.global_step)
+
 
 def _gathered(items: list, world_size: int) -> list:
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -130,13 +161,6 @@ def _gathered(items: list, world_size: int) -> list:
         torch.distributed.all_gather_object(parts, items)
         return [item for part in parts for item in part]
     return items
-
-
-def row_text(task, row) -> str:
-    """The row's text fields joined with " ｜ " (cluewsc adds its two spans)."""
-    text = " ｜ ".join(str(row.fields[name]) for name in task.text_fields if name in row.fields)
-    spans = [str(row.fields[k]) for k in ("span1", "span2") if k in row.fields]
-    return f"{text} [{' / '.join(spans)}]" if spans else text
 
 
 def class_name(task, row, index: int) -> str:

@@ -75,3 +75,31 @@ def tiny_bert(run_dir: Path, *overrides: str):
     from train import instantiate_with
 
     return instantiate_with(compose_config(["model=tiny", *overrides], run_dir).model)
+
+
+def write_reviews(folder: Path, counts: dict[str, int], flipped: tuple[str, ...] = (), seed: int = 0) -> dict[str, Path]:
+    """csv files of examples/my_task's task (``reviews``: rid, review, rating) that a tiny model learns in a few
+    epochs: a good row holds 很好 and a bad one 很差 amid random characters, classes alternating. ``counts``: rows
+    per file name (``{"train": 64, "dev": 16}``); the rows whose id is in ``flipped`` carry the other label (test rows
+    no model gets right). Returns the file of each name."""
+    import csv
+    import random
+
+    rng = random.Random(seed)
+    filler = "今天我们的店里东西价格服务味道环境房间快递包装质量"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, count in counts.items():
+        paths[name] = folder / f"{name}.csv"
+        with paths[name].open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["rid", "review", "rating"])
+            for i in range(count):
+                label = ("good", "bad")[i % 2]
+                words = "".join(rng.choice(filler) for _ in range(rng.randint(3, 8)))
+                text = words[:2] + ("很好" if label == "good" else "很差") + words[2:]
+                row_id = f"{name}{i}"
+                if row_id in flipped:
+                    label = "bad" if label == "good" else "good"
+                writer.writerow([row_id, text, label])
+    return paths

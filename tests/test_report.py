@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import statistics
 import subprocess
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from datamodules.runs.results import RunFolder
 from report import report
-from tests.helpers import ROOT, read_jsonl, run_cli
+from tests.helpers import ROOT, read_jsonl, run_cli, write_reviews
 
 
 def _run(root: Path, name: str, task: str, split: str, acc: float, verbalizer: str = "fuzzy", overrides=(),
@@ -125,6 +127,23 @@ def test_zip_refuses_a_prediction_file_that_misses_rows(tmp_path):
     assert not (tmp_path / "fewclue_submission.zip").exists()
 
 
+def test_own_runs_get_the_runs_table_and_no_fewclue_score(tmp_path):
+    """Runs without a split (data=files): per run its setting and accuracies, no split means or FewCLUE score."""
+    for name, seed, dev, test in (("a", "1", 0.5, 0.4), ("b", "2", 0.75, 0.7)):
+        run_dir = tmp_path / name
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+            ["task=reviews", "data=files", f"data.sample_seed={seed}", f"paths.output_dir=/somewhere/{name}"]))
+        (run_dir / "results.json").write_text(json.dumps({"stage": "fuzzy_pet", "task": "reviews", "split": None,
+                                                          "val/acc": dev, "test/acc": test, "val/acc_v1": dev - 0.25}))
+    text = report(tmp_path)
+    assert "FewCLUE score" not in text and "splits 0-4" not in text
+    assert "| run | task | stage | setting | val/acc | test/acc | val/acc_v1 |" in text
+    assert "| a | reviews | fuzzy_pet | data.sample_seed=1 | 50.00 | 40.00 | 25.00 |" in text
+    assert "| b (best on dev) | reviews | fuzzy_pet | data.sample_seed=2 | 75.00 | 70.00 | 50.00 |" in text
+    assert (tmp_path / "report.csv").read_text() == (tmp_path / "runs.csv").read_text()
+
+
 def test_report_of_an_empty_directory_is_a_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "report.py"), str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.strip() == f"error: no results.json under {tmp_path}"
@@ -164,3 +183,37 @@ def test_label_word_sweep_gives_one_result_per_set(tmp_path, shared_fewclue):
     assert "| ocnli | fuzzy_pet | - | " in text and "spread" in text
     for r in results:
         assert len(read_jsonl(r["predictions"])) == 64  # limit_predict_batches=1 x eval_batch_size
+
+
+EXAMPLE_CONF = ROOT / "examples" / "my_task" / "conf"
+
+
+def test_an_own_data_sweep_through_the_cli_reports_each_run_and_its_best_on_dev(tmp_path):
+    """Two runs on one's own files (data=files) with a labelled test file, one learning rate too small to learn:
+    report.py gives each run's numbers as its results.json has them and marks the one with the best val/acc."""
+    files = write_reviews(tmp_path / "data", {"train": 64, "dev": 16, "test": 20}, flipped=("test3", "test8"))
+    sweep = tmp_path / "sweep"
+    done = run_cli(["-m", f"hydra.searchpath=[file://{EXAMPLE_CONF}]", "task=reviews", "data=files",
+                    f"data.train={files['train']}", f"data.dev={files['dev']}", f"data.test={files['test']}",
+                    "stage.optim.lr=1e-6,3e-3", "trainer.max_epochs=6", "data.batch_size=8", "logger=none",
+                    "keep_checkpoints=false", "callbacks.progress_bar.refresh_rate=0", f"hydra.sweep.dir={sweep}"],
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = subprocess.run([sys.executable, str(ROOT / "report.py"), str(sweep)], capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    results = {job: json.loads((sweep / job / "results.json").read_text()) for job in ("0", "1")}
+    lrs = {job: RunFolder(sweep / job).overrides["stage.optim.lr"] for job in results}
+    assert results["1"]["val/acc"] > results["0"]["val/acc"]  # 3e-3 learns the keyword, 1e-6 does not
+    for job, r in results.items():
+        mark = " (best on dev)" if job == "1" else ""
+        assert (f"| {job}{mark} | reviews | finetune | stage.optim.lr={lrs[job]} | {100 * r['val/acc']:.2f} | "
+                f"{100 * r['test/acc']:.2f} |") in printed.stdout
+    assert f"Best on dev: 1 (stage.optim.lr={lrs['1']})" in printed.stdout
+    assert "FewCLUE score" not in printed.stdout and "splits 0-4" not in printed.stdout
+    with (sweep / "runs.csv").open(encoding="utf-8") as handle:
+        rows = {row["run"]: row for row in csv.DictReader(handle)}
+    for job, r in results.items():  # the numbers as results.json has them
+        assert (float(rows[job]["val/acc"]), float(rows[job]["test/acc"])) == (r["val/acc"], r["test/acc"])
+        assert rows[job]["best_on_dev"] == str(job == "1")
+    assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "long first epoch" not in done.stdout + done.stderr  # 64 rows: no warning

@@ -177,3 +177,53 @@ def test_a_sweep_is_one_group_and_report_adds_its_table_to_it(tmp_path, shared_f
     csv_rows = (sweep / "report.csv").read_text(encoding="utf-8").splitlines()
     assert table["columns"] == csv_rows[0].split(",") and len(table["data"]) == len(csv_rows) - 1 == 2
     assert report.values("report/plot")[-1]["_type"] == "image-file"
+    # the runs table as runs.csv holds it: per run its setting and accuracies, the best on dev marked
+    runs_table = report.table("report/runs")
+    run_lines = (sweep / "runs.csv").read_text(encoding="utf-8").splitlines()
+    assert runs_table["columns"] == run_lines[0].split(",") and len(runs_table["data"]) == len(run_lines) - 1 == 2
+    column = runs_table["columns"].index
+    by_run = {row[column("run")]: row for row in runs_table["data"]}
+    for job in ("0", "1"):
+        results = json.loads((sweep / job / "results.json").read_text())
+        assert by_run[job][column("val/acc")] == pytest.approx(results["val/acc"])
+    best = max(("0", "1"), key=lambda job: (by_run[job][column("val/acc")], job == "0"))
+    assert [job for job in ("0", "1") if by_run[job][column("best_on_dev")]] == [best]
+
+
+def test_a_labelled_test_set_logs_its_confusion_matrix_and_rows(tmp_path):
+    """One's own files with a labelled test file (20 rows, 2 labelled against their keyword): after training the
+    run logs the test rows under the selected checkpoint, a table capped at max_rows=5 and the whole confusion
+    matrix, whose diagonal is test/acc."""
+    import csv
+
+    from tests.helpers import write_reviews
+
+    files = write_reviews(tmp_path / "data", {"train": 64, "dev": 16, "test": 20}, flipped=("test3", "test8"))
+    run_dir = tmp_path / "run"
+    done = run_cli([f"hydra.searchpath=[file://{ROOT / 'examples' / 'my_task' / 'conf'}]", "task=reviews", "data=files",
+                    f"data.train={files['train']}", f"data.dev={files['dev']}", f"data.test={files['test']}",
+                    "logger=wandb", "callbacks.wandb_panels.max_rows=5", "stage.optim.lr=3e-3", "trainer.max_epochs=4",
+                    "data.batch_size=8", "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run_dir}"],
+                   cwd=tmp_path, env=WANDB_ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = offline_runs(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    with files["test"].open(encoding="utf-8", newline="") as handle:
+        truth = list(csv.DictReader(handle))
+
+    matrix = run.table("test/confusion_matrix_table")
+    assert matrix["columns"] == ["Actual", "Predicted", "nPredictions"]
+    assert sum(n for _, _, n in matrix["data"]) == 20
+    right = sum(n for actual, predicted, n in matrix["data"] if actual == predicted)
+    assert right / 20 == pytest.approx(results["test/acc"], abs=1e-6)
+    (logged,) = run.values("test/acc")
+    assert logged == pytest.approx(results["test/acc"], abs=1e-6)
+
+    table = run.table("test/predictions")
+    assert table["columns"] == ["id", "text", "gold", "predicted", "probability"]
+    assert [row[:3] for row in table["data"]] == [
+        [t["rid"], t["review"], f"{t['rating']} {'好评' if t['rating'] == 'good' else '差评'}"] for t in truth[:5]]
+    # the table's rows are the file's rows: test_predictions.jsonl holds the same predictions
+    written = read_jsonl(run_dir / results["test_predictions"])[:5]
+    assert [row[3].split()[0] for row in table["data"]] == [r["label"] for r in written]
+    assert [row[4] for row in table["data"]] == [r["probs"][r["label"]] for r in written]

@@ -380,12 +380,13 @@ class StageModule(LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> StepOutput:
         return self._evaluate(batch, "val", self.val_acc)  # callbacks get it as ``outputs`` (W&B's prediction table)
 
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> StepOutput:
         """The labelled evaluation sets after training, one loader each (``StageData.evaluation_sets``):
-        ``test/...`` for the labelled test set, ``heldout/...`` for the held-out rows."""
+        ``test/...`` for the labelled test set, ``heldout/...`` for the held-out rows. Callbacks get the output
+        (the test rows' predictions, callbacks/test_predictions.py)."""
         datamodule = self.trainer.datamodule
         split = datamodule.evaluation_sets[dataloader_idx] if datamodule is not None else "test"
-        self._evaluate(batch, split, self.heldout_acc if split == "heldout" else self.test_acc)
+        return self._evaluate(batch, split, self.heldout_acc if split == "heldout" else self.test_acc)
 
     def _evaluate(self, batch: dict, split: str, accuracy: MulticlassAccuracy) -> StepOutput:
         out = self.step(batch)
