@@ -43,6 +43,7 @@ from datamodules.teachers.ensemble import TeacherEnsemble
 from datamodules.errors import ConfigError, DataError, Interrupted, TrainingDiverged
 from lightning_modules.scale.devices import on_gpu
 from lightning_modules.scale.precision import resolved_precision
+from lightning_modules.scale.training_length import apply_min_updates
 from lightning_modules.stages.base import StageModule
 from datamodules.runs.saved_config import compose_train_config
 from datamodules.runs import ownership
@@ -190,7 +191,7 @@ def resume_in_place(cfg: DictConfig) -> None:
 # Settings a resume may change: where things go and what is logged, and how long the run goes on (Lightning
 # continues to a larger max_epochs); any other setting is restored from the checkpoint or breaks it.
 CHANGEABLE_ON_RESUME = ("ckpt_path", "paths.", "overwrite", "allow_resume_changes", "logger", "keep_checkpoints",
-                        "trainer.max_epochs", "trainer.max_steps", "trainer.limit_predict_batches",
+                        "trainer.max_epochs", "trainer.min_steps", "trainer.max_steps", "trainer.limit_predict_batches",
                         "trainer.limit_test_batches", "callbacks.progress_bar.")
 # Keys that say where things are (caches, data, outputs): a resume started from another directory may move them.
 LOCATION_KEYS = ("cache_dir", "data_dir", "dirpath", "save_dir", "default_root_dir", "output_dir", "ids_file")
@@ -266,6 +267,7 @@ def _build(cfg: DictConfig, extra_callbacks: list | tuple, lock: Any) -> BuiltRu
     datamodule: StageData = instantiate_with(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    apply_min_updates(cfg, datamodule)
     timing = {"data": time.perf_counter() - started}
 
     started = time.perf_counter()
