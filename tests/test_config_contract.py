@@ -20,7 +20,7 @@ META_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "def
 # Small value objects also built in Python (scripts, tests) keep their own defaults; conf/ may restate
 # them, and must then agree with them.
 VALUE_OBJECTS = {"datamodules.pretraining.corpus.CorpusSource", "datamodules.pretraining.kg.KgSource", "datamodules.pretraining.alignment.AlignmentRules"}
-STAGES = ["finetune", "fuzzy_pet", "kgbert", "mlm", "entailment", "distill"]
+STAGES = ["finetune", "fuzzy_pet", "efl", "kgbert", "mlm", "entailment", "distill"]
 
 
 def target_nodes(node, path: str = ""):

@@ -160,7 +160,7 @@ def test_a_live_object_is_declared_once_per_class_and_an_undeclared_one_fails_na
     assert list(inspect.signature(DeclaredTeacher).parameters)[-1] == "teacher"  # Hydra and Lightning read this
 
 
-STAGES = ["finetune", "fuzzy_pet", "kgbert", "mlm", "entailment"]  # distill: tests/test_distill.py (needs teachers)
+STAGES = ["finetune", "fuzzy_pet", "efl", "kgbert", "mlm", "entailment"]  # distill: tests/test_distill.py (needs teachers)
 
 
 @pytest.mark.parametrize("stage", STAGES)
