@@ -1,6 +1,6 @@
 """Fuzzy-PET's label-word scoring, timed: exact in one pass vs one pass per word length vs ``stage.slots=longest``.
 
-    python benchmarks/slot_scoring.py                                  # tnews and csldcp, split 0, a few minutes on a CPU
+    python benchmarks/slot_scoring.py                                  # tnews and csldcp, split 0: ~15 min on 2 CPU cores
     python benchmarks/slot_scoring.py --tasks iflytek --repeats 9 --out slot_scoring.json
 
 Three ways to score a batch with the shared encoder (``$ZH_MLM_SMALL``), on the same weights and FewCLUE rows
@@ -20,7 +20,8 @@ clock starts. Each repetition takes the next rows; the first repetition is a war
 Printed: the median seconds of each, the ratios of medians (one_pass / separate, one_pass / longest) and the
 median of the paired per-repetition ratios; on the evaluation rows also how far one_pass is from separate (max
 |Δ class log-prob|, argmax agreement) and how often longest predicts what exact predicts. The last line is one
-JSON object with all of it, the machine (CPU model, threads), the torch version and the commit.
+JSON object with all of it, the machine (CPU model, threads), the torch version and the commit (and whether
+the scoring code differs from it).
 """
 
 from __future__ import annotations
@@ -216,9 +217,11 @@ def measure(task: str, args, work: Path) -> dict:
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    git = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    scoring = ["lightning_modules/stages/fuzzy_pet.py", "lightning_modules/scoring", "benchmarks/slot_scoring.py"]
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "commit": commit, "date": datetime.date.today().isoformat()}
+            "commit": git("rev-parse", "--short", "HEAD"), "scoring_changed_since_commit": bool(git("status", "--porcelain", "--", *scoring)),
+            "date": datetime.date.today().isoformat()}
 
 
 def table(result: dict) -> list[str]:

@@ -8,8 +8,9 @@ it would alone). ``verbalizer=fuzzy`` pools every set:
 a class's probability is the sum of its words' probabilities. Training takes the mean over sets
 of each set's cross-entropy, so the model learns every word of a class. chid scores its 7
 candidate idioms at the idiom slot (4 masks); cluewsc fills its pattern with span1/span2.
-``stage.slots=longest`` trades that exactness for speed: one pass with as many [MASK] tokens as the
-longest word, a word of n characters scored at the first n of them.
+``stage.slots=longest`` trades that exactness for speed: one copy of the row instead of one per word
+length, with as many [MASK] tokens as the longest word, a word of n characters scored at the first n
+of them (costs of both: docs/fuzzy-pet.md).
 """
 
 from __future__ import annotations
