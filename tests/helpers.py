@@ -16,10 +16,12 @@ def read_jsonl(path) -> list[dict]:
 
 
 # The tests' own defaults: a tiny model from scratch and the fine-tuning stage (fast, no checkpoint needed), and
-# no conf/tuned/ settings (chosen for the shared encoder; tests/test_tuned.py and the quickstart test cover them).
+# no conf/tuned/ settings (chosen for the shared encoder; tests/test_tuned.py and the quickstart test cover them),
+# float32 training (precision=auto trains in bf16 only on CPUs with bf16 units: the tests' numbers stay the same on
+# every machine; tests/test_precision.py and the quickstart test cover auto).
 # train.py's defaults are the users' (the shared encoder and Fuzzy-PET); a test naming model=, stage=, tuned or
 # experiment= gets what it names.
-TEST_DEFAULTS = {"model": "model=tiny", "stage": "stage=finetune", "tuned": "~tuned"}
+TEST_DEFAULTS = {"model": "model=tiny", "stage": "stage=finetune", "tuned": "~tuned", "precision": "precision=32-true"}
 RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK")
 
 
