@@ -3,6 +3,12 @@ any folder of train.py runs), per task the mean ± sample std of ``heldout/acc``
 difference of each method against the baseline over the splits both ran, and the mean over tasks.
 
     python scripts/heldout_table.py finetune=runs/finetune fuzzy=runs/fuzzy pooled=runs/pooled [--baseline finetune]
+    python scripts/heldout_table.py fuzzy=runs/fuzzy,runs/fuzzy_more "mean set=runs/v1+runs/v2+runs/v3"
+
+A method's folders joined by ``,`` are one method's runs (a later folder's run of the same task and split wins);
+joined by ``+`` they are averaged per task and split over the folders that all ran it (e.g. the mean single
+label-word set). The last lines count, per method, the tasks where its mean is above the baseline's and where its
+spread over splits is at most the baseline's.
 
 Dev accuracy (``val/acc``, which chose each run's checkpoint) is shown beside it, never in place of it.
 """
@@ -32,6 +38,19 @@ def scores(folder: Path, metric: str) -> dict[tuple[str, str], tuple[float, floa
         results = RunFolder(results_file.parent).results.to_dict()
         if results.get(metric) is not None:
             found[(str(results["task"]), str(results["split"]))] = (float(results[metric]), float(results["val/acc"]))
+    return found
+
+
+def method_scores(spec: str, metric: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """The runs of a method given as folders joined by ``,`` (union) or ``+`` (mean per task and split)."""
+    if "+" in spec:
+        parts = [scores(Path(folder), metric) for folder in spec.split("+")]
+        shared = set.intersection(*(set(part) for part in parts))
+        return {key: (statistics.fmean(part[key][0] for part in parts), statistics.fmean(part[key][1] for part in parts))
+                for key in shared}
+    found: dict[tuple[str, str], tuple[float, float]] = {}
+    for folder in spec.split(","):
+        found.update(scores(Path(folder), metric))
     return found
 
 
@@ -73,7 +92,23 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
             ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
             cells.append(f"{mean_std(diffs)} {ahead}/{behind}" if diffs else "-")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    lines += ["", f"Against {baseline}, over the tasks both ran:", ""]
+    for name in names:
+        if name == baseline:
+            continue
+        shared_tasks = [t for t in tasks if t in per_task[name] and t in per_task[baseline]]
+        ahead = [t for t in shared_tasks if per_task[name][t] > per_task[baseline][t]]
+        steadier = [t for t in shared_tasks if _spread(methods[name], t) is not None
+                    and _spread(methods[baseline], t) is not None
+                    and _spread(methods[name], t) <= _spread(methods[baseline], t)]
+        lines.append(f"- {name}: higher mean on {len(ahead)} of {len(shared_tasks)} tasks; spread over splits at most "
+                     f"{baseline}'s on {len(steadier)} of {len(shared_tasks)}")
     return "\n".join(lines) + "\n"
+
+
+def _spread(runs: dict[tuple[str, str], tuple[float, float]], task: str) -> float | None:
+    values = [h for (t, _), (h, _) in runs.items() if t == task]
+    return statistics.stdev(values) if len(values) > 1 else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = {}
     for entry in args.methods:
         name, _, folder = entry.partition("=")
-        methods[name] = scores(Path(folder), args.metric)
+        methods[name] = method_scores(folder, args.metric)
     print(table(methods, args.baseline or next(iter(methods)), args.metric))
 
 

@@ -25,3 +25,21 @@ def test_means_stds_and_paired_differences_by_hand(tmp_path):
     assert "| **mean over 1 tasks** | 60.0 | 63.3 |" in text
     assert "| eprstmt | 3.3 ± 7.6 (3) 2/1 |" in text
     assert "| bustm | - | 50.0 ± 0.0 (1) [50.0] |" in text
+
+
+def test_folders_joined_by_plus_are_averaged_per_split_and_by_comma_unioned(tmp_path):
+    from scripts.heldout_table import method_scores
+
+    for name, values in {"v1": (0.5, 0.7), "v2": (0.6, 0.9), "v3": (0.7, 0.8)}.items():
+        for split, value in enumerate(values):
+            _run(tmp_path / name / str(split), "csl", str(split), value, 0.5)
+    _run(tmp_path / "v1" / "only", "csl", "2", 0.1, 0.5)  # split 2 only in v1: not averaged
+    mean_set = method_scores(f"{tmp_path / 'v1'}+{tmp_path / 'v2'}+{tmp_path / 'v3'}", "heldout/acc")
+    assert set(mean_set) == {("csl", "0"), ("csl", "1")}
+    assert abs(mean_set[("csl", "0")][0] - 0.6) < 1e-9 and abs(mean_set[("csl", "1")][0] - 0.8) < 1e-9
+    union = method_scores(f"{tmp_path / 'v2'},{tmp_path / 'v3'}", "heldout/acc")
+    assert union[("csl", "0")][0] == 0.7  # the later folder wins
+    text = table({"base": method_scores(str(tmp_path / "v1"), "heldout/acc"), "mean set": mean_set}, "base",
+                 "heldout/acc")
+    # base csl: 0.5, 0.7, 0.1 -> mean 43.3, std 30.6; mean set: 0.6, 0.8 -> mean 70.0, std 14.1
+    assert "- mean set: higher mean on 1 of 1 tasks; spread over splits at most base's on 1 of 1" in text
