@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from datamodules.errors import ConfigError, DataError
+from datamodules.errors import ConfigError, DataError, NotWritable, one_line
 from datamodules.tasks.rows import FORMATS, Row, read_rows
 from datamodules.tasks.task_spec import TaskSpec
 
@@ -64,15 +63,6 @@ def plain_lines(task: TaskSpec, name: str, data: bytes) -> list[Row]:
     rows = "".join(json.dumps({"id": n, task.text_fields[0]: line}, ensure_ascii=False) + "\n" if line.strip() else "\n"
                    for n, line in enumerate(lines, start=1))
     return read_rows(task, name, labelled=False, allow_empty=True, data=rows.encode("utf-8"), fmt="jsonl")
-
-
-def one_line(err: Exception) -> str:
-    """A DataError listing several bad rows, as one line: the first row's message, then the other lines."""
-    lines = [line.strip() for line in str(err).splitlines()]
-    if len(lines) <= 2:
-        return lines[-1]
-    rest = [line.split(": ", 1)[0].rsplit(":", 1)[-1] for line in lines[2:]]
-    return f"{lines[1]} (and {len(rest)} more bad row(s), line(s) {', '.join(rest)})"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -116,8 +106,21 @@ def check_output(output: str) -> None:
         raise ConfigError(f"--output {output} is a folder; give a file name")
     if not path.parent.is_dir():
         raise ConfigError(f"--output {output}: the folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ConfigError(f"--output {output}: not writable")
+    from datamodules.runs.writing import check_writable
+
+    check_writable(path.parent, "--output")  # the file is written beside, then renamed onto it
+
+
+def write_records(records: list[dict], output: str) -> None:
+    """One JSON line per record, to stdout or to a file written whole (never half a file on a full disk)."""
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    if output == "-":
+        sys.stdout.write(lines)
+        return
+    from datamodules.runs.writing import replaced
+
+    with replaced(output) as tmp:
+        tmp.write_text(lines, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,16 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         check_output(args.output)
         predictor = Predictor.load(args.run_dir, args.checkpoint, args.device)
         records = predictor.predict(rows, args.batch_size)
-    except (ConfigError, DataError) as err:
+        write_records(records, args.output)
+    except (ConfigError, DataError, NotWritable) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
-    try:
-        for record in records:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
     print(f"{len(records)} row(s) predicted with {predictor.source}"
           + (f" -> {args.output}" if args.output != "-" else ""), file=sys.stderr)
     return 0

@@ -19,7 +19,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import lightning as L
@@ -28,7 +28,9 @@ import torch
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class
+from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
@@ -40,13 +42,15 @@ from callbacks.leaderboard import LeaderboardWriter
 from datamodules.protocol import StageData
 from datamodules.tasks.task_spec import TaskSpec
 from datamodules.teachers.ensemble import TeacherEnsemble
-from datamodules.errors import ConfigError, DataError, Interrupted, TrainingDiverged
+from datamodules.errors import ConfigError, DataError, Interrupted, NotWritable, TrainingDiverged, one_line
+from lightning_modules.encoders.backbones import check_weight_files
 from lightning_modules.scale.devices import on_gpu
 from lightning_modules.scale.precision import resolved_precision
 from lightning_modules.scale.training_length import apply_min_updates
 from lightning_modules.stages.base import StageModule
 from datamodules.runs.saved_config import compose_train_config
 from datamodules.runs import ownership
+from datamodules.runs.writing import check_writable, disk_error, reason, replaced
 from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, TOKENIZER_DIR, RunResults
 # Shared with predict.py and the distillation teachers (a finished run rebuilt from its config.yaml).
 from datamodules.runs.build import check_checkpoint, instantiate_with, user_error, vocabulary_texts  # noqa: F401
@@ -170,6 +174,7 @@ def check_pretrained(model: DictConfig) -> None:
         if not (path / "config.json").is_file():
             raise ConfigError(f"model.pretrained={name}: no Hugging Face checkpoint there (no folder with config.json); "
                               f"{NO_ENCODER_HINT}")
+        check_weight_files(path, "model.pretrained")  # a cut or damaged file, before the data and the model
         return
     try:
         validate_repo_id(name)
@@ -252,9 +257,14 @@ def build(cfg: DictConfig, extra_callbacks: list | tuple = ()) -> BuiltRun:
         log.info("per-task settings from %s (chosen on dev; ~tuned leaves them out)", tuned)
     resume_in_place(cfg)
     check_resume(cfg)
+    in_place = cfg.get("ckpt_path") and Path(cfg.ckpt_path).parent.name == "checkpoints"
+    check_writable(cfg.paths.output_dir,
+                   "ckpt_path=<a copy of the run>/checkpoints/last.ckpt" if in_place else "hydra.run.dir")
     lock = ownership.claim(cfg.paths.output_dir, resuming=bool(cfg.get("ckpt_path")), overwrite=bool(cfg.get("overwrite")))
     try:
-        return _build(cfg, extra_callbacks, lock)
+        built = _build(cfg, extra_callbacks, lock)
+        read_unlabeled_first(built)
+        return built
     except BaseException:
         ownership.release(lock)
         raise
@@ -285,6 +295,16 @@ def _build(cfg: DictConfig, extra_callbacks: list | tuple, lock: Any) -> BuiltRu
     return BuiltRun(cfg, task, datamodule, backbone, module, callbacks, loggers, trainer, timing, lock)
 
 
+def read_unlabeled_first(r: BuiltRun) -> None:
+    """unlabeled.json read and validated now, before training, when any part of the run reads it (a part with
+    ``reads_unlabeled``: the stage, self-training, a teacher's scoring): a bad row stops the run here, naming its file
+    and line, not after training. Stages whose DataModule reads the rows in ``setup`` (entailment, mlm) need nothing."""
+    readers = [type(part).__name__ for part in (r.module, *r.callbacks) if getattr(part, "reads_unlabeled", False)]
+    if readers and hasattr(r.datamodule, "unlabeled_rows"):
+        rows = r.datamodule.unlabeled_rows()
+        log.info("%d unlabeled rows read for %s", len(rows), ", ".join(readers))
+
+
 def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
     """fit -> select on dev -> test -> predict -> results.json (rank zero writes; ``extra_results`` added)."""
     cfg, trainer, module, datamodule = r.cfg, r.trainer, r.module, r.datamodule
@@ -293,9 +313,10 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
         with signals_reported(trainer):
             log_config(r.loggers, cfg)
             if trainer.is_global_zero:  # a resume compares its settings with these (check_resume)
-                Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-                OmegaConf.save(cfg, Path(cfg.paths.output_dir) / CONFIG_FILE, resolve=True)
+                with replaced(Path(cfg.paths.output_dir) / CONFIG_FILE) as tmp:
+                    OmegaConf.save(cfg, tmp, resolve=True)
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            stop_if_terminated(trainer)
             best, val_acc = selected_checkpoint(trainer, module, datamodule)
             scores: dict[str, float] = {}
             if datamodule.evaluation_sets:  # test_public.json / data.test, and the held-out rows
@@ -339,8 +360,8 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
         **(extra_results or {}),
     }).to_dict()
     if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        module.tokenizer.save_pretrained(output_dir / TOKENIZER_DIR)  # predict.py rebuilds the model with it
+        with replaced(output_dir / TOKENIZER_DIR) as tmp:  # predict.py rebuilds the model with it
+            module.tokenizer.save_pretrained(tmp)
         # The one writer: every path stored relative to the run folder (datamodules/runs/results.py).
         RunResults.from_dict(results).write(output_dir)
         if best and not cfg.keep_checkpoints:
@@ -391,33 +412,65 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @contextmanager
 def signals_reported(trainer: L.Trainer):
-    """SIGTERM (Lightning stops at the next step) and SIGINT end the run as ``Interrupted``, naming the step and
-    the checkpoint to resume from, so that main() exits with 128 + the signal number."""
+    """SIGTERM and SIGINT end the run as ``Interrupted``, naming where it stopped, what it wrote and how to go on, so
+    that main() exits with 128 + the signal number. While the fit runs, SIGTERM stops it at the next step (Lightning's
+    handler, which runs before this one, raises SIGTERMException there); at any other moment (testing, predicting,
+    between them) either signal stops the run at once."""
     caught: list[int] = []
 
-    def on_sigint(signum, frame):
+    def stop_now(signum, frame):
+        if signum == signal.SIGTERM and fitting(trainer) and trainer.state.status == TrainerStatus.RUNNING:
+            return
         caught.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    main_thread = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM) if main_thread else ()
+    previous = {signum: signal.signal(signum, stop_now) for signum in signals}
     try:
         yield
     except SIGTERMException:
         raise Interrupted(signal.SIGTERM, interruption(trainer, "SIGTERM")) from None
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit):  # Lightning ends a KeyboardInterrupt inside its calls with sys.exit(1)
         if not caught:
             raise
-        raise Interrupted(signal.SIGINT, interruption(trainer, "SIGINT")) from None
+        raise Interrupted(caught[0], interruption(trainer, signal.Signals(caught[0]).name)) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stop_if_terminated(trainer: L.Trainer) -> None:
+    """A SIGTERM that reached Lightning after the fit's last step (it stops only at a step) ends the run here."""
+    if trainer.received_sigterm:
+        raise SIGTERMException
+
+
+def fitting(trainer: L.Trainer) -> bool:
+    """True until the fit has finished (also before it starts)."""
+    return trainer.state.fn in (None, TrainerFn.FITTING) and trainer.state.status != TrainerStatus.FINISHED
+
+
+# What the Trainer was doing when a signal came after the fit.
+PHASES = {TrainerFn.TESTING: "while testing the selected checkpoint on the labelled sets",
+          TrainerFn.PREDICTING: "while predicting the leaderboard file",
+          TrainerFn.VALIDATING: "while measuring the final weights on dev",
+          TrainerFn.FITTING: "between training and testing"}
 
 
 def interruption(trainer: L.Trainer, name: str) -> str:
+    """Where the run stopped, what it wrote and how to go on, in one line."""
     latest = [cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor is None and cb.best_model_path]
-    last = latest[0] if latest else None
-    resume = f"resume with ckpt_path={last} (same overrides)" if last else "no checkpoint was written yet"
-    return f"interrupted by {name} at step {trainer.global_step} (epoch {trainer.current_epoch}); {resume}"
+    last = latest[0] if latest and Path(latest[0]).exists() else None
+    if fitting(trainer):
+        resume = f"resume with ckpt_path={last} (same overrides)" if last else "no checkpoint was written yet"
+        return f"interrupted by {name} at step {trainer.global_step} (epoch {trainer.current_epoch}); {resume}"
+    selected = [cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor and cb.best_model_path]
+    written = f"{selected[0]} (selected on dev) is written" if selected else "no checkpoint was selected on dev"
+    again = (f"resume with ckpt_path={last} (same overrides) to test and predict again" if last else
+             "no last.ckpt to resume from (callbacks.last_checkpoint.min_interval_s): run it again")
+    return (f"interrupted by {name} {PHASES[trainer.state.fn]} (training ended at step {trainer.global_step}, epoch "
+            f"{trainer.current_epoch}); {written}, results.json is not; {again}")
 
 
 def selected_checkpoint(trainer: L.Trainer, module, datamodule) -> tuple[str | None, float | None]:
@@ -481,18 +534,40 @@ def main(cfg: DictConfig) -> float | None:
         _startup.update(measured=True, seconds=round(time.time() - psutil.Process().create_time(), 2))
     try:
         return train(cfg)["val/acc"]
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except (ConfigError, DataError, NotWritable) as err:
+        stop(2, "error", one_line(err))
     except MissingMandatoryValue as err:
-        print(f"error: {err.full_key} is required (???); give {err.full_key}=<value>", file=sys.stderr)
-        sys.exit(2)
+        stop(2, "error", missing_value(err))
+    except OSError as err:
+        if not disk_error(err):
+            raise
+        stop(2, "error", f"cannot write {err.filename or 'a file of the run'}: {reason(err)}")
     except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(3)
+        stop(3, "error", str(err))
     except Interrupted as err:
-        print(f"stopped: {err}", file=sys.stderr)
-        sys.exit(128 + err.signum)
+        stop(128 + err.signum, "stopped", str(err))
+
+
+def stop(code: int, kind: str, message: str) -> NoReturn:
+    """End the process with one line on stderr; inside a multirun the line names the job by its overrides."""
+    print(f"{kind}: {sweep_job()}{message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def missing_value(err: MissingMandatoryValue) -> str:
+    return f"{err.full_key} is required (???); give {err.full_key}=<value>"
+
+
+def sweep_job() -> str:
+    """``job N (overrides): `` inside a multirun, '' in a single run."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    return job_label(HydraConfig.get().job.num, list(HydraConfig.get().overrides.task))
+
+
+def job_label(number: int, overrides: list[str]) -> str:
+    """A multirun's job as Hydra numbers it, by its overrides (Hydra's own settings left out, as Hydra does)."""
+    return f"job {number} ({' '.join(o for o in overrides if not o.lstrip('+~').startswith(('hydra.', 'hydra/')))}): "
 
 
 # Keys a user may type for settings that live under another key: the hint names it.
@@ -538,18 +613,55 @@ def one_line_composition_error(message: str, known_keys: list[str] = ()) -> str:
     return text
 
 
-def composition_error(argv: list[str]) -> str | None:
-    """Hydra's multi-line message for overrides that do not compose (unknown key, option or syntax), on one line;
-    None when they compose. Sweeps (-m) and Hydra's own flags are left to Hydra."""
-    if any(arg.startswith("-") for arg in argv):
+def preflight(argv: list[str]) -> str | None:
+    """What stops a run before Hydra starts it, as one line (None: nothing): overrides that do not compose (Hydra's
+    multi-line message, on one line); in a multirun, every job's overrides composed and their values checked
+    (``check_config``), so that no job runs when a later one cannot, the line naming the job; a run (or sweep) folder
+    that cannot be written. Hydra's own flags (--cfg, --help, ...) and sweepers other than Hydra's basic one are left
+    to Hydra."""
+    flags = {arg for arg in argv if arg.startswith("-")}
+    multirun = bool(flags) and flags <= {"-m", "--multirun"}
+    overrides = [arg for arg in argv if not arg.startswith("-")]
+    if (flags and not multirun) or any(arg.startswith(("hydra/sweeper=", "hydra.sweeper.")) for arg in overrides):
         return None
     from hydra.errors import HydraException
 
     try:
-        compose_train_config(argv)
+        jobs = sweep_jobs(overrides) if multirun else [overrides]
     except HydraException as err:
-        return one_line_composition_error(str(err), composable_keys(argv))
+        return one_line_composition_error(str(err))
+    folder = None
+    for number, job in enumerate(jobs):
+        where = job_label(number, job) if multirun else ""
+        try:
+            cfg = compose_train_config(job, hydra_config=True)
+        except HydraException as err:
+            return where + one_line_composition_error(str(err), composable_keys(job))
+        folder = folder or str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
+        if multirun:
+            with open_dict(cfg):
+                del cfg["hydra"]  # check_config sees what the job's main() sees
+            try:
+                check_config(cfg)
+            except (ConfigError, DataError) as err:
+                return where + one_line(err)
+            except MissingMandatoryValue as err:
+                return where + missing_value(err)
+    try:
+        check_writable(folder, "hydra.sweep.dir" if multirun else "hydra.run.dir", make=False)
+    except NotWritable as err:
+        return str(err)
     return None
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of each job of ``python train.py -m <overrides>``, in the order Hydra's basic sweeper numbers
+    them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def composable_keys(argv: list[str]) -> list[str]:
@@ -589,7 +701,7 @@ def searchpath_warnings(argv: list[str]) -> list[str]:
 if __name__ == "__main__":
     for warning in searchpath_warnings(sys.argv[1:]):
         print(warning, file=sys.stderr)
-    problem = composition_error(sys.argv[1:])
+    problem = preflight(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -38,6 +38,8 @@ class ScoreTeachers(Callback):
     """Before PseudoLabels (the callback after it) labels a generation's rows: every teacher of the ensemble scored
     on this run's unlabeled rows (from its cache, or once with its own checkpoint)."""
 
+    reads_unlabeled = True
+
     def __init__(self, ensemble: TeacherEnsemble) -> None:
         self.ensemble = ensemble
 

@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from datamodules.protocol import TaskData
+from datamodules.runs.writing import replaced
 
 
 class LeaderboardWriter(BasePredictionWriter):
@@ -34,11 +35,10 @@ class LeaderboardWriter(BasePredictionWriter):
         datamodule: TaskData = trainer.datamodule
         position = {json.dumps(row.id): i for i, row in enumerate(datamodule.predict_rows)}
         rows.sort(key=lambda row: position.get(json.dumps(row["id"]), len(position)))
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.output_dir / datamodule.task.prediction_file
-        with self.path.open("w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        path = self.output_dir / datamodule.task.prediction_file
+        with replaced(path) as tmp:  # whole or not at all (a full disk, a signal)
+            tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        self.path = path
 
 
 def _flatten(predictions):

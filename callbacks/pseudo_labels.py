@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class PseudoLabels(Callback):
+    reads_unlabeled = True
+
     def __init__(self, ensemble: TeacherEnsemble, count_per_labelled: int) -> None:
         self.ensemble = ensemble
         self.count_per_labelled = count_per_labelled

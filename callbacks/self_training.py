@@ -42,6 +42,11 @@ class SelfTraining(Callback):
         self.unlabeled: list = []
         self.history: list[dict] = []
 
+    @property
+    def reads_unlabeled(self) -> bool:
+        """train.py reads and validates the unlabeled rows before training when this is true."""
+        return self.rounds > 0
+
     def on_fit_start(self, trainer: Trainer, pl_module: StageModule) -> None:
         if self.rounds == 0:
             return

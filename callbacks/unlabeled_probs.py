@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class UnlabeledProbs(Callback):
+    reads_unlabeled = True  # train.py reads and validates them before training, not after it
+
     def __init__(self, output_dir: str, batch_size: int) -> None:
         self.output_dir = Path(output_dir)
         self.batch_size = batch_size

@@ -1,5 +1,7 @@
 """Errors that stop a run before training with a message a user can act on."""
 
+import re
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file, the line and the field."""
@@ -7,6 +9,10 @@ class DataError(ValueError):
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the key and the allowed values."""
+
+
+class NotWritable(Exception):
+    """A run's file or folder could not be written (a full disk, a read-only folder); the message names it."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -19,3 +25,15 @@ class Interrupted(Exception):
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+def one_line(err: Exception) -> str:
+    """A user error as one line: a DataError listing several bad rows (``read_rows``) gives its first row's message,
+    then the other rows' line numbers; any other message's lines are joined."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines or not re.match(r"\d+ bad row\(s\) in ", lines[0]):
+        return "; ".join(lines)
+    if len(lines) <= 2:
+        return lines[-1]
+    rest = [line.split(": ", 1)[0].rsplit(":", 1)[-1] for line in lines[2:]]
+    return f"{lines[1]} (and {len(rest)} more bad row(s), line(s) {', '.join(rest)})"

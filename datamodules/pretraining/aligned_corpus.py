@@ -38,6 +38,7 @@ from datamodules.pretraining.kg import KgSource, KnowledgeGraph, Triple, load_kg
 from datamodules.pretraining.negatives import sample_negatives
 from datamodules.tasks.task_configs import load_task_specs
 from datamodules.errors import ConfigError, DataError
+from datamodules.runs.writing import replaced
 
 log = logging.getLogger(__name__)
 # 2: chid's labelled rows no longer contribute the gold idiom (datamodules.pretraining.corpus.row_texts).
@@ -219,11 +220,8 @@ class PretrainCorpusDataModule(LightningDataModule):
         else:
             built = self._build(kg, given)
             if self.use_cache:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{random.getrandbits(32)}")
-                with tmp.open("wb") as handle:
+                with replaced(path) as tmp, tmp.open("wb") as handle:
                     pickle.dump(built, handle, protocol=pickle.HIGHEST_PROTOCOL)
-                tmp.replace(path)
         self.kg = kg
         unpack = lambda rows: [AlignedSentence(*row) for row in rows]  # noqa: E731
         self.train_sentences = unpack(built["train"])

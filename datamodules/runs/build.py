@@ -52,20 +52,22 @@ def user_error(err: Exception, where: str) -> Exception:
     return err
 
 
-def check_checkpoint(ckpt: str) -> None:
-    """An existing, complete Lightning checkpoint file (a zip archive) or DeepSpeed checkpoint folder."""
+def check_checkpoint(ckpt: str, named: str | None = None) -> None:
+    """An existing, complete Lightning checkpoint file (a zip archive) or DeepSpeed checkpoint folder; the messages
+    name it as ``named`` (where the user gave it: ``ckpt_path=...`` by default, ``--checkpoint ...``)."""
+    named = named or f"ckpt_path={ckpt}"
     path = Path(ckpt)
     if not path.exists():
-        raise ConfigError(f"ckpt_path={ckpt}: no such file")
+        raise ConfigError(f"{named}: no such file")
     if path.is_dir():
         if not (path / "latest").is_file() and not (path / "checkpoint").is_dir():
-            raise ConfigError(f"ckpt_path={ckpt}: a folder, but not a DeepSpeed checkpoint (no 'latest' file)")
+            raise ConfigError(f"{named}: a folder, but not a DeepSpeed checkpoint (no 'latest' file)")
         return
     try:
         with zipfile.ZipFile(path) as archive:
             archive.namelist()
     except (zipfile.BadZipFile, OSError) as err:
-        raise ConfigError(f"ckpt_path={ckpt}: not a complete checkpoint ({err}); it may be truncated") from None
+        raise ConfigError(f"{named}: not a complete checkpoint ({err}); it may be truncated") from None
 
 
 def vocabulary_texts(datamodule: StageData, task: TaskSpec) -> list[str]:

@@ -12,6 +12,7 @@ imported where it is used.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -58,6 +59,8 @@ class Predictor:
         if task.kind != "multiple_choice" and not task.labels:
             raise ConfigError(f"{run_dir}: task {task.name} has no labels to predict")
         source = checkpoint or selected_weights(folder)
+        # Messages about the weights name them where they came from: the user's --checkpoint, or the run's own.
+        named = f"--checkpoint {checkpoint}" if checkpoint else f"{run_dir}: its selected checkpoint {source}"
         export = source is not None and Path(source).is_dir() and (Path(source) / "config.json").is_file()
         if export:
             # An export folder (save_pretrained) holds the masked LM and its tokenizer: build model=hf on it.
@@ -75,9 +78,9 @@ class Predictor:
             module: StageModule = instantiate_with(cfg.stage, masked_lm=backbone.masked_lm(tokenizer),
                                                    tokenizer=tokenizer)
         if export:
-            _check_export_covers(module, Path(source))
+            _check_export_covers(module, Path(source), named)
         elif source is not None:
-            _load_weights(module, Path(source))
+            _load_weights(module, Path(source), named)
         module.eval()
         target = _device(device, cfg)
         module.to(target)
@@ -206,13 +209,18 @@ def _run_tokenizer(run_dir: Path, cfg: DictConfig, task: TaskSpec, backbone):
     return backbone.tokenizer(vocabulary_texts(datamodule, task))
 
 
-def _load_weights(module: StageModule, path: Path) -> None:
-    check_checkpoint(str(path))
-    if path.is_dir():
-        raise ConfigError(f"--checkpoint {path}: a DeepSpeed checkpoint folder; convert it to one file first "
-                          "(lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict)")
+def _load_weights(module: StageModule, path: Path, named: str) -> None:
+    """The weights of a Lightning checkpoint file, or of a DeepSpeed checkpoint folder (``strategy=zero*``: its shards
+    gathered into full fp32 weights, as the run's own test and prediction loaded them), checked against the module."""
+    check_checkpoint(str(path), named)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        if path.is_dir():
+            from lightning_modules.scale.strategies import consolidated_checkpoint
+
+            with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's notes; stdout holds predict.py's rows
+                state = consolidated_checkpoint(path)["state_dict"]
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as err:  # noqa: BLE001 - a damaged archive fails in many ways (zip, pickle, tensor storage)
         raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
                           "it may be damaged") from None
@@ -237,11 +245,11 @@ def _load_weights(module: StageModule, path: Path) -> None:
     module.load_state_dict(state)
 
 
-def _check_export_covers(module: StageModule, folder: Path) -> None:
+def _check_export_covers(module: StageModule, folder: Path, named: str) -> None:
     """An export holds the masked LM only: a stage with weights of its own (finetune's head) needs a checkpoint."""
     own = sorted({name.split(".")[0] for name, _ in module.named_parameters() if not name.startswith("backbone.")})
     if own:
-        raise ConfigError(f"--checkpoint {folder}: an export folder holds the masked LM only, and stage "
+        raise ConfigError(f"{named}: an export folder holds the masked LM only, and stage "
                           f"{type(module).__name__} has weights of its own ({', '.join(own)}); give a .ckpt file")
 
 

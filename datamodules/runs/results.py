@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.errors import ConfigError
+from datamodules.runs.writing import replaced
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.yaml"
@@ -110,11 +111,9 @@ class RunResults:
         """``run_dir/results.json``, every path relative to ``run_dir``; written atomically."""
         run_dir = Path(run_dir)
         stored = {key: _stored(key, value, run_dir) for key, value in self.to_dict().items()}
-        run_dir.mkdir(parents=True, exist_ok=True)
         target = run_dir / RESULTS_FILE
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(stored, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(target)
+        with replaced(target) as tmp:
+            tmp.write_text(json.dumps(stored, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return target
 
 

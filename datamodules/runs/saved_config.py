@@ -34,15 +34,16 @@ MOVED_MODULES = {
 }
 
 
-def compose_train_config(overrides: list[str]) -> DictConfig:
-    """conf/train.yaml with ``overrides`` as this version composes it (inside train.py's Hydra app or outside)."""
+def compose_train_config(overrides: list[str], hydra_config: bool = False) -> DictConfig:
+    """conf/train.yaml with ``overrides`` as this version composes it (inside train.py's Hydra app or outside);
+    ``hydra_config``: with Hydra's own node (``hydra.run.dir``, ...)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name="train", overrides=overrides)
+        return compose(config_name="train", overrides=overrides, return_hydra_config=hydra_config)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return compose(config_name="train", overrides=overrides, return_hydra_config=hydra_config)
 
 
 def upgrade_saved_config(cfg: DictConfig, stage: str) -> DictConfig:

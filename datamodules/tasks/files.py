@@ -21,6 +21,7 @@ from datamodules.tasks.fewclue import TaskRowsDataModule
 from datamodules.tasks.rows import Row, file_format, read_rows
 from datamodules.tasks.task_spec import TaskSpec
 from datamodules.errors import ConfigError
+from datamodules.runs.writing import replaced
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,8 @@ class FilesDataModule(TaskRowsDataModule):
             if shots is not None:
                 record[key] = {"file": str(self.files[key]), "shots": shots, "rows_in_file": len(pool),
                                "ids": [row.id for row in rows]}
-        self.ids_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.ids_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(self.ids_file)
+        with replaced(self.ids_file) as tmp:
+            tmp.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         self.stats["data/sampled_ids"] = str(self.ids_file)
         log.info("k-shot sample (seed %d) written to %s", self.sample_seed, self.ids_file)
 

@@ -27,6 +27,7 @@ import torch
 from datamodules.tasks.rows import Row
 from datamodules.errors import ConfigError
 from datamodules.runs.results import RESULTS_FILE, UNLABELED_PROBS_FILE, RunFolder
+from datamodules.runs.writing import replaced
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +64,30 @@ class Teacher:
             if not self.cache.is_file():
                 raise ConfigError(f"distill.teachers: {self.run_dir} has not been scored on unlabeled rows yet "
                                   f"(no {UNLABELED_PROBS_FILE})")
-            self._take(torch.load(self.cache, weights_only=True))
+            saved, damage = read_cache(self.cache)
+            if saved is None:
+                raise ConfigError(f"distill.teachers: {self.cache} is damaged ({damage}); delete it and run again: the "
+                                  "teacher's rows are then scored again with its checkpoint")
+            self._take(saved)
         return self
 
     def score(self, rows: list[Row], batch_size: int | None = None) -> None:
         """Make sure every one of ``rows`` is scored: from the cache when it holds them all, else by the run's own
-        selected weights, the new scores cached in the run folder."""
+        selected weights, the new scores cached in the run folder. A damaged cache (a write cut short) is scored
+        again, with a warning."""
         wanted = [json.dumps(row.id) for row in rows]
+        damage = None
         if self.log_probs is None and self.cache.is_file():
-            self._take(torch.load(self.cache, weights_only=True))
+            saved, damage = read_cache(self.cache)
+            if saved is not None:
+                self._take(saved)
+            else:
+                log.warning("distill: %s is damaged (%s); the teacher's unlabeled rows are scored again", self.cache,
+                            damage)
         if self.ids is not None and set(wanted) <= {json.dumps(i) for i in self.ids}:
             return
         log.info("distill: scoring %d unlabeled rows with teacher %s", len(rows), self.run_dir)
-        probs, labels, weights = score_rows(self.run_dir, rows, batch_size)
+        probs, labels, weights = score_rows(self.run_dir, rows, batch_size, damage)
         save_unlabeled_probs(self.cache, self.task, self.split, labels, [row.id for row in rows], probs, weights)
         self._take(torch.load(self.cache, weights_only=True))
 
@@ -84,28 +96,42 @@ class Teacher:
         self.log_probs = saved["probs"].clamp_min(1e-12).log()
 
 
+def read_cache(path: Path) -> tuple[dict | None, str | None]:
+    """(a teacher's unlabeled_probs.pt, None), or (None, what is wrong) when the file is damaged or not a cache."""
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a cut or damaged archive fails in many ways (zip, pickle, storage)
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        return None, f"{type(err).__name__}: {first}" if first else type(err).__name__
+    if not isinstance(saved, dict) or not {"ids", "probs"} <= set(saved):
+        return None, "not a cache of class probabilities (no ids and probs)"
+    return saved, None
+
+
 def save_unlabeled_probs(path: Path, task: str, split: str, labels: list[str], ids: list, probs: torch.Tensor,
                          weights: str) -> None:
     """A run's class probabilities on unlabeled rows (the teacher cache), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: ranks of a distributed run may write at once
-    torch.save({"task": task, "split": str(split), "labels": labels, "ids": ids, "probs": probs.float(),
-                "weights": weights}, tmp)
-    tmp.replace(path)
+    with replaced(path) as tmp:  # one per process: ranks of a distributed run may write at once
+        torch.save({"task": task, "split": str(split), "labels": labels, "ids": ids, "probs": probs.float(),
+                    "weights": weights}, tmp)
 
 
-def score_rows(run_dir: Path, rows: list[Row], batch_size: int | None = None) -> tuple[torch.Tensor, list[str], str]:
+def score_rows(run_dir: Path, rows: list[Row], batch_size: int | None = None,
+               damage: str | None = None) -> tuple[torch.Tensor, list[str], str]:
     """[N, C] class probabilities of ``rows`` under the run's selected weights, the class names, and the weights'
     file relative to the run folder. A run without a checkpoint (keep_checkpoints=false) cannot be scored: a
-    ConfigError says so. (Imported here: the predictor module builds models, which reading a teacher does not.)"""
+    ConfigError says so (and what was wrong with its cache, ``damage``). (Imported here: the predictor module builds
+    models, which reading a teacher does not.)"""
     from datamodules.runs.predictor import MissingCheckpoint, Predictor
 
     try:
         predictor = Predictor.load(run_dir)
     except MissingCheckpoint:
+        cache = (f"its {RunFolder(run_dir).unlabeled_probs_path} is damaged ({damage})" if damage else
+                 f"no {UNLABELED_PROBS_FILE} that holds them")
         raise ConfigError(
-            f"distill.teachers: {run_dir} has no checkpoint to score its unlabeled rows with, and no "
-            f"{UNLABELED_PROBS_FILE} that holds them: train the teacher again with keep_checkpoints=true"
+            f"distill.teachers: {run_dir} has no checkpoint to score its unlabeled rows with, and {cache}: train the "
+            "teacher again with keep_checkpoints=true"
         ) from None
     log_probs = predictor.class_log_probs(rows, batch_size)
     probs = torch.softmax(log_probs.double(), dim=-1).float()
@@ -140,8 +166,9 @@ def load_teacher(run_dir: Path) -> Teacher:
     results = RunFolder(run_dir).results
     task, split = results.task, results.split
     if (task is None or split is None) and RunFolder(run_dir).unlabeled_probs_path.is_file():  # an older run
-        saved = torch.load(RunFolder(run_dir).unlabeled_probs_path, weights_only=True)
-        task, split = task or saved["task"], split if split is not None else saved["split"]
+        saved, _ = read_cache(RunFolder(run_dir).unlabeled_probs_path)  # damaged: scored again when needed
+        if saved is not None:
+            task, split = task or saved.get("task"), split if split is not None else saved.get("split")
     val_acc = results.val_acc
     before = results.extras.get("train/acc_before")
     return Teacher(run_dir, float(val_acc) if val_acc is not None else 0.0,

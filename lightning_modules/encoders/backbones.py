@@ -6,7 +6,10 @@ pretraining stage's export loads with ``AutoModelForMaskedLM`` and feeds the nex
 
 from __future__ import annotations
 
+import json
+import zipfile
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, PreTrainedModel
@@ -96,6 +99,8 @@ class PretrainedMLM:
             raise ConfigError(f"model.pretrained={self.pretrained}: cannot load its tokenizer ({_first_line(err)})") from None
 
     def masked_lm(self, tokenizer=None) -> PreTrainedModel:
+        if Path(self.pretrained).is_dir():
+            check_weight_files(Path(self.pretrained), "model.pretrained")
         overrides = {}
         if self.dropout is not None:
             overrides = {"hidden_dropout_prob": self.dropout, "attention_probs_dropout_prob": self.dropout}
@@ -108,6 +113,44 @@ class PretrainedMLM:
         except (OSError, ValueError) as err:
             raise ConfigError(f"model.pretrained={self.pretrained}: cannot load a masked LM ({_first_line(err)})") from None
         return _finish(model, self.activation_checkpointing, self.compile)
+
+
+def check_weight_files(folder: Path, key: str) -> None:
+    """The weight files of a Hugging Face checkpoint folder whole, checked without loading them: every shard its
+    ``*.index.json`` names is there, each ``*.safetensors`` file's header and length agree (safetensors' own check),
+    each PyTorch ``*.bin`` archive has its directory (written last, so a cut file lacks it). A ConfigError names the
+    damaged file."""
+    from safetensors import safe_open
+
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ConfigError(f"{key}={folder}: {index} is damaged ({type(err).__name__}: {_first_line(err)}); copy or "
+                              "download the checkpoint again") from None
+        missing = sorted(shard for shard in shards if not (folder / shard).is_file())
+        if missing:
+            raise ConfigError(f"{key}={folder}: {index.name} names {missing[0]}, which is not there"
+                              f"{f' (nor {len(missing) - 1} more)' if len(missing) > 1 else ''}; copy or download the "
+                              "checkpoint again")
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as err:  # noqa: BLE001 - SafetensorError, or an OSError reading it
+            raise ConfigError(f"{key}={folder}: {path} is damaged or truncated ({_first_line(err)}); copy or download "
+                              "it again") from None
+    for path in sorted(folder.glob("*.bin")):
+        with path.open("rb") as handle:
+            head = handle.read(4)
+        if len(head) == 4 and head != b"PK\x03\x04":
+            continue  # not torch's zip format (an old pickle): nothing to check without loading it
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.namelist()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ConfigError(f"{key}={folder}: {path} is damaged or truncated ({err}); copy or download it "
+                              "again") from None
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")

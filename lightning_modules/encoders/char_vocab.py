@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import BertTokenizerFast
 
+from datamodules.runs.writing import replaced
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -30,9 +32,7 @@ def char_tokenizer(texts: Iterable[str], cache_dir: str | Path, min_count: int =
     digest = hashlib.sha1("\n".join(vocab).encode("utf-8")).hexdigest()[:16]
     path = Path(cache_dir) / "char_vocab" / f"vocab-{digest}.txt"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        with replaced(path) as tmp:
+            tmp.write_text("\n".join(vocab) + "\n", encoding="utf-8")
     # transformers 5 takes the vocabulary through ``vocab`` (``vocab_file`` is ignored there).
     return BertTokenizerFast(vocab=str(path), do_lower_case=True, tokenize_chinese_chars=True)

@@ -1,17 +1,18 @@
-"""Checkpoints written atomically: a run killed while saving leaves the previous file, never half of one."""
+"""Checkpoints written atomically: a run killed while saving leaves the previous file, never half of one, and a
+write that fails leaves no temporary file (``datamodules/runs/writing.py``)."""
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from datamodules.runs.writing import replaced
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes ``<path>.tmp`` and renames it over ``<path>`` (a rename within a folder is atomic on POSIX);
+    """Writes ``<path>.<pid>.tmp`` and renames it over ``<path>`` (a rename within a folder is atomic on POSIX);
     ``seconds_writing`` adds up the time spent writing (callbacks/phase_times.py reports it)."""
 
     seconds_writing = 0.0
@@ -22,7 +23,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.seconds_writing += time.perf_counter() - started
 
     def _write(self, checkpoint: dict[str, Any], path, storage_options: Any | None) -> None:
-        target = Path(path)
-        partial = target.with_name(target.name + ".tmp")
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        os.replace(partial, target)
+        with replaced(path) as partial:  # removed when the write fails (a full disk), which names the checkpoint
+            super().save_checkpoint(checkpoint, partial, storage_options)

@@ -302,6 +302,12 @@ class StageModule(LightningModule):
         """True when the DataModule should add a loader of unlabeled texts (``collate_mlm``) to training."""
         return False
 
+    @property
+    def reads_unlabeled(self) -> bool:
+        """True when the stage reads the task's unlabeled rows (``TaskData.unlabeled_rows``): train.py reads and
+        validates them before training (``read_unlabeled_first``); the callbacks that read them say so too."""
+        return self.wants_mlm_batches
+
     @staticmethod
     def idle_term(modules: list[nn.Module]) -> torch.Tensor | None:
         """0 * the sum of the parameters of ``modules`` (see ``StepOutput.idle``); None when none is idle."""

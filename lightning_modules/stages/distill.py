@@ -57,6 +57,8 @@ class DistillModule(FinetuneModule):
         self.results.update(teachers=teachers.summary(), generation=teachers.generation, distill_weighting=teachers.weighting,
                             distill_temperature=teachers.temperature)
 
+    reads_unlabeled = True
+
     def setup(self, stage: str) -> None:
         """The soft-labelled rows join the training rows before the first training dataloader is built."""
         if stage != "fit":
