@@ -42,9 +42,10 @@ def test_bf16_evaluation_restores_the_float32_weights_bit_for_bit(make_config):
     assert all(torch.equal(p, before[name]) and p.dtype == torch.float32 for name, p in module.named_parameters())
     assert bf16_probs.shape == float32_probs.shape and torch.allclose(bf16_probs, float32_probs, atol=0.05)
     assert evaluation_dtype("float32", trainer.strategy.root_device, str(trainer.precision)) == torch.float32
-    assert evaluation_dtype("auto", torch.device("cpu"), "bf16-mixed") == torch.float32  # autocast does it there
-    assert evaluation_dtype("auto", torch.device("cpu"), "32-true") == (
-        torch.bfloat16 if cpu_has_bf16_units() else torch.float32)
+    units = torch.bfloat16 if cpu_has_bf16_units() else torch.float32
+    assert evaluation_dtype("auto", torch.device("cpu"), "32-true") == units
+    assert evaluation_dtype("auto", torch.device("cpu"), "bf16-mixed") == units  # bf16 weights beat casting per op
+    assert evaluation_dtype("auto", torch.device("cpu"), "16-mixed") == torch.float32
 
 
 def test_a_run_with_bf16_evaluation_saves_float32_checkpoints(make_config):
