@@ -200,7 +200,7 @@ def test_zero3_two_processes_on_cpu_through_the_cli(tmp_path, shared_fewclue):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "run/results.json").read_text())
     assert results["global_step"] == 2 and results["val/acc"] is not None
-    shards = list(Path(results["checkpoint"]).glob("checkpoint/*optim_states.pt"))
+    shards = list((tmp_path / "run" / results["checkpoint"]).glob("checkpoint/*optim_states.pt"))
     assert len(shards) == 2  # one optimizer shard per rank
 
 
