@@ -131,8 +131,9 @@ def outcome(run_dir: Path) -> tuple:
     return results["val/acc"], results["train/loss"], results["val/loss"], results["global_step"]
 
 
-def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, shared_fewclue):
-    common = [*RESUMABLE, f"data.data_dir={shared_fewclue}"]
+def straight_and_killed(tmp_path: Path, common: list[str]) -> Path:
+    """The run ``common`` to its end in ``tmp_path/straight``, and again in ``tmp_path/killed`` killed (-9) once its
+    last.ckpt exists; that last.ckpt."""
     straight = run_cli([*common, f"hydra.run.dir={tmp_path}/straight"], cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = start([*common, f"hydra.run.dir={tmp_path}/killed"])
@@ -140,6 +141,12 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, shared_fewc
     wait_for(last, killed)
     killed.kill()
     killed.communicate()
+    return last
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, shared_fewclue):
+    common = [*RESUMABLE, f"data.data_dir={shared_fewclue}"]
+    last = straight_and_killed(tmp_path, common)
     resumed = run_cli([*common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path}/resumed"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # The run continues in its own folder: the best checkpoint so far and the results stay together.

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, cli_environment, read_jsonl, run_cli, with_test_defaults
-from tests.test_reliability import RESUMABLE, one_error_line, start, wait_for
+from tests.test_reliability import RESUMABLE, one_error_line, start, straight_and_killed, wait_for
 from tests.test_strategies import clean_rank_environment, free_port  # noqa: F401 (autouse fixture)
 
 FAULTS = ROOT / "tests" / "faults"  # sitecustomize.py: a read-only folder or a full disk, in a child process
@@ -132,13 +132,7 @@ def csv_rows(run_dir: Path) -> list[dict]:
 
 def test_a_resumed_run_continues_metrics_csv_and_a_failed_resume_deletes_nothing(tmp_path, shared_fewclue):
     common = [*RESUMABLE[:-1], "logger=csv", f"data.data_dir={shared_fewclue}"]
-    straight = run_cli([*common, f"hydra.run.dir={tmp_path}/straight"], cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = start([*common, f"hydra.run.dir={tmp_path}/killed"])
-    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    wait_for(last, killed)
-    killed.kill()
-    killed.communicate()
+    last = straight_and_killed(tmp_path, common)
     before = (tmp_path / "killed" / "csv" / "metrics.csv").read_bytes()
     assert csv_rows(tmp_path / "killed")  # the rows of the epochs before the kill are on disk
     # A resume that fails once its loggers and loops are set up, before its first step, leaves the history alone.
