@@ -1,4 +1,4 @@
-"""The methods side by side on FewCLUE dev (issue 10's table), one resumable queue of single runs.
+"""The methods side by side on FewCLUE dev, one resumable queue of single runs.
 
     python scripts/method_table.py run   --out outputs/method_table              # every missing cell, cheapest first
     python scripts/method_table.py run   --out ... --tasks eprstmt bustm --splits 0 1 --methods finetune fuzzy
@@ -18,8 +18,8 @@ run it in the background, read the table whenever). Methods, all with the shared
 - ``distill``: ``stage=distill`` with the cell's ``fuzzy`` and ``pet_*`` runs as teachers (tasks with unlabeled.json);
 - ``fuzzy_mean``, ``fuzzy_cal``, ``fuzzy_cal_sets``, ``fuzzy_cal_init``: ``fuzzy`` with ``stage.word_score=mean``,
   ``calibrated``, ``calibrated`` + ``stage.pooling=sets``, and ``calibrated_initial`` (the scoring options whose
-  defaults issue 10 chooses on dev; second table);
-- ``fuzzy_longest``: ``fuzzy`` with ``stage.slots=longest`` (one forward pass instead of one per word length; tasks
+  defaults were chosen on dev; second table);
+- ``fuzzy_longest``: ``fuzzy`` with ``stage.slots=longest`` (one copy of each row in the encoder pass instead of one per word length; tasks
   whose label words have several lengths only).
 
 Each run's wall time is written beside its results.json (``wall_s.json``). The table gives dev accuracy, mean ± sample
