@@ -314,3 +314,21 @@ def test_a_teachers_cut_cache_is_scored_again_or_named_when_it_cannot_be(tmp_pat
     assert line.startswith(f"error: distill.teachers: {kept_none} has no checkpoint to score its unlabeled rows with, "
                            f"and its {kept_none / 'unlabeled_probs.pt'} is damaged ("), line
     assert line.endswith("train the teacher again with keep_checkpoints=true"), line
+
+
+def test_a_full_disk_reported_by_a_rust_library_is_one_line_and_leaves_no_partial_folder(tmp_path):
+    """tokenizers' save_pretrained writes tokenizer.json from Rust: a full disk comes as a plain Exception that names
+    the OS error; it is told like an OSError, and the half-written folder is removed."""
+    from datamodules.errors import NotWritable
+    from datamodules.runs.writing import replaced
+
+    target = tmp_path / "tokenizer"
+    with pytest.raises(NotWritable, match=r"cannot write .*tokenizer: No space left on device; free space there"):
+        with replaced(target) as tmp:
+            tmp.mkdir()
+            (tmp / "tokenizer.json").write_text("{")
+            raise Exception("No space left on device (os error 28)")  # noqa: TRY002 - what tokenizers raises
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="not about the disk"):
+        with replaced(target):
+            raise ValueError("not about the disk")

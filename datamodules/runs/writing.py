@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -26,15 +27,29 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCE
 TMP_SUFFIX = ".tmp"
 
 
+# Rust libraries (tokenizers' save_pretrained writes tokenizer.json) raise a plain Exception ending like this.
+RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def disk_errno(err: BaseException) -> int | None:
+    """The errno of an error from the disk: an OSError's, or the one a Rust library's message names."""
+    if isinstance(err, OSError):
+        return err.errno
+    found = RUST_OS_ERROR.search(str(err)) if isinstance(err, Exception) else None
+    return int(found.group(1)) if found else None
+
+
 def disk_error(err: BaseException) -> bool:
-    return isinstance(err, OSError) and err.errno in DISK_ERRNOS
+    return disk_errno(err) in DISK_ERRNOS
 
 
-def reason(err: OSError, key: str = "hydra.run.dir") -> str:
+def reason(err: BaseException, key: str = "hydra.run.dir") -> str:
     """What the disk said, and what to do about it: free space, or write elsewhere (``key``)."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return f"{err.strerror}; free space there or give another {key}"
-    return f"{err.strerror}; give a folder this user can write ({key})"
+    number = disk_errno(err)
+    said = os.strerror(number) if number is not None else str(err)
+    if number in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"{said}; free space there or give another {key}"
+    return f"{said}; give a folder this user can write ({key})"
 
 
 def check_writable(folder: str | Path, key: str, make: bool = True) -> None:
