@@ -7,8 +7,8 @@ difference of each method against the baseline over the splits both ran, and the
 
 A method's folders joined by ``,`` are one method's runs (a later folder's run of the same task and split wins);
 joined by ``+`` they are averaged per task and split over the folders that all ran it (e.g. the mean single
-label-word set). The last lines count, per method, the tasks where its mean is above the baseline's and where its
-spread over splits is at most the baseline's.
+label-word set). The last lines count, per method, the tasks where it is ahead of the baseline over the splits both
+ran, and where its spread over those splits is at most the baseline's.
 
 Dev accuracy (``val/acc``, which chose each run's checkpoint) is shown beside it, never in place of it.
 """
@@ -96,19 +96,20 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
     for name in names:
         if name == baseline:
             continue
-        shared_tasks = [t for t in tasks if t in per_task[name] and t in per_task[baseline]]
-        ahead = [t for t in shared_tasks if per_task[name][t] > per_task[baseline][t]]
-        steadier = [t for t in shared_tasks if _spread(methods[name], t) is not None
-                    and _spread(methods[baseline], t) is not None
-                    and _spread(methods[name], t) <= _spread(methods[baseline], t)]
-        lines.append(f"- {name}: higher mean on {len(ahead)} of {len(shared_tasks)} tasks; spread over splits at most "
-                     f"{baseline}'s on {len(steadier)} of {len(shared_tasks)}")
+        paired = {t: _paired(methods[name], methods[baseline], t) for t in tasks}
+        shared_tasks = [t for t in tasks if paired[t][0]]
+        ahead = [t for t in shared_tasks if statistics.fmean(paired[t][0]) > statistics.fmean(paired[t][1])]
+        spreads = [t for t in shared_tasks if len(paired[t][0]) > 1]
+        steadier = [t for t in spreads if statistics.stdev(paired[t][0]) <= statistics.stdev(paired[t][1])]
+        lines.append(f"- {name}: ahead on the splits both ran on {len(ahead)} of {len(shared_tasks)} tasks; spread over "
+                     f"those splits at most {baseline}'s on {len(steadier)} of {len(spreads)} (tasks with 2 or more)")
     return "\n".join(lines) + "\n"
 
 
-def _spread(runs: dict[tuple[str, str], tuple[float, float]], task: str) -> float | None:
-    values = [h for (t, _), (h, _) in runs.items() if t == task]
-    return statistics.stdev(values) if len(values) > 1 else None
+def _paired(runs: dict, baseline: dict, task: str) -> tuple[list[float], list[float]]:
+    """The method's and the baseline's scores of ``task`` on the splits both ran, in split order."""
+    shared = sorted(key for key in runs if key[0] == task and key in baseline)
+    return [runs[key][0] for key in shared], [baseline[key][0] for key in shared]
 
 
 def main(argv: list[str] | None = None) -> None:
