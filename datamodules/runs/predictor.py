@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -91,6 +91,18 @@ class Predictor:
                         progress: TextIO | None = None) -> torch.Tensor:
         """[N, C] class log-probabilities (float32, on the CPU) of ``rows``, in the rows' order. Batches are the run's
         evaluation batches (``data.eval_batch_size`` rows, longest first: LengthOrder)."""
+        out = self.scores(rows, self.module.class_log_probs, batch_size, progress)
+        broken = torch.isnan(out).any(-1) | ~torch.isfinite(out).any(-1)
+        if broken.any():
+            bad = int(broken.sum())
+            raise ConfigError(f"{self.source}: {bad} of {len(rows)} row(s) got no finite class probability; the "
+                              "weights are damaged")
+        return out
+
+    def scores(self, rows: list[Row], score: Callable[[dict], torch.Tensor], batch_size: int | None = None,
+               progress: TextIO | None = None) -> torch.Tensor:
+        """[N, ...] ``score(batch)`` (one of the module's scoring methods) of every row, float32 on the CPU, in the
+        rows' order, computed in the run's evaluation batches."""
         from lightning.fabric.utilities.apply_func import move_data_to_device
         from torch.utils.data import DataLoader
         from tqdm import tqdm
@@ -107,18 +119,13 @@ class Predictor:
         with torch.no_grad(), self._autocast():
             for batch in bar:
                 try:
-                    parts.append(self.module.class_log_probs(move_data_to_device(batch, self.device)).float().cpu())
+                    parts.append(score(move_data_to_device(batch, self.device)).float().cpu())
                 except NotImplementedError as err:
                     raise ConfigError(f"stage {type(self.module).__name__} does not classify rows ({err})") from None
         if not parts:
             return torch.empty(0, 0)
-        out = torch.empty(len(rows), parts[0].shape[1])
+        out = torch.empty(len(rows), *parts[0].shape[1:])
         out[order] = torch.cat(parts)
-        broken = torch.isnan(out).any(-1) | ~torch.isfinite(out).any(-1)
-        if broken.any():
-            bad = int(broken.sum())
-            raise ConfigError(f"{self.source}: {bad} of {len(rows)} row(s) got no finite class probability; the "
-                              "weights are damaged")
         return out
 
     def predict(self, rows: list[Row], batch_size: int | None = None, progress: TextIO | None = sys.stderr):
