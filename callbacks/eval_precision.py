@@ -14,40 +14,18 @@ DeepSpeed the engine owns the (partitioned) weights and evaluation stays in the 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from datamodules.errors import ConfigError
+# The dtype rule is torch only (lightning_modules/scale/precision.py), so predict.py reads it without Lightning.
+from lightning_modules.scale.precision import CPU_FLAGS, cpu_has_bf16_units, evaluation_dtype  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16")
-CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_has_bf16_units() -> bool:
-    """True when the CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX)."""
-    detectors = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if any(detector is not None for detector in detectors):
-        return any(detector() for detector in detectors if detector is not None)
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text().split() if cpuinfo.is_file() else []
-    return any(flag in flags for flag in CPU_FLAGS)
-
-
-def evaluation_dtype(dtype: str, device: torch.device, precision: str) -> torch.dtype:
-    """The dtype evaluation runs in for the setting ``dtype`` (see the module doc), on ``device`` for a run trained
-    with the Trainer's ``precision``; predict.py applies the same rule to a finished run."""
-    if dtype == "bfloat16":
-        return torch.bfloat16
-    # A run trained under bf16 autocast evaluates with bf16 weights too: faster than casting them at every op.
-    cpu_precision = str(precision) in ("32-true", "32", "bf16-mixed")
-    if dtype == "auto" and device.type == "cpu" and cpu_precision and cpu_has_bf16_units():
-        return torch.bfloat16
-    return torch.float32
 
 
 class EvalPrecision(Callback):

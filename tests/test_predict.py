@@ -199,3 +199,39 @@ def test_a_sweep_folder_predicts_with_its_best_run_on_dev(run_dir, tmp_path):
     assert (f"{sweep}: a sweep of 2 runs; predicting with its best on dev, {sweep / '1'} (val/acc 0.9000; 1 other "
             "run(s))") in done.stderr
     assert str(sweep / "1" / "checkpoints" / "best.ckpt") in done.stderr
+
+
+def test_the_cli_imports_torch_only_with_the_model_and_the_backbones_need_no_lightning():
+    """The start-up budget, counted in imports rather than seconds: ``--help`` and a bad argument import no torch, and
+    building a backbone (with the precision rules its LayerNorms and the evaluation dtype follow) imports no Lightning,
+    whose import pulls torchmetrics and matplotlib."""
+    code = ("import sys, predict\n"
+            "assert not {'torch', 'transformers', 'lightning'} & set(sys.modules), 'import predict'\n"
+            "import lightning_modules.encoders.backbones, lightning_modules.scale.precision\n"
+            "assert 'lightning' not in sys.modules, 'backbones'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=cli_environment(),
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_one_prediction_composes_todays_config_once_and_reads_the_task_as_saved(run_dir, tmp_path, monkeypatch, capsys):
+    """Today's config is composed once (to fill the keys an older run lacks); the task that reads the input comes
+    from config.yaml as saved, its moved module followed."""
+    import predict
+    from datamodules.runs import saved_config
+    from datamodules.runs.predictor import run_task
+
+    composed = []
+    compose = saved_config.compose_train_config
+    monkeypatch.setattr(saved_config, "compose_train_config",
+                        lambda *args, **kwargs: composed.append(args) or compose(*args, **kwargs))
+    assert predict.main([str(run_dir), "--text", "物流很快"]) == 0
+    assert len(composed) == 1
+    assert json.loads(capsys.readouterr().out)["label"] in NAMES
+    old = tmp_path / "old_run"
+    old.mkdir()
+    (old / "results.json").write_text((run_dir / "results.json").read_text())
+    saved = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    (old / "config.yaml").write_text(saved.replace("datamodules.tasks.task_spec.TaskSpec", "datamodules.task_spec.TaskSpec"),
+                                     encoding="utf-8")
+    assert run_task(old) == run_task(run_dir) and len(composed) == 1

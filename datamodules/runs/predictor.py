@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from datamodules.errors import ConfigError
 from datamodules.runs.build import check_checkpoint, instantiate_with, vocabulary_texts
 from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, RunFolder
-from datamodules.runs.saved_config import upgrade_saved_config
+from datamodules.runs.saved_config import follow_moved_modules, upgrade_saved_config
 from datamodules.tasks.rows import Row
 from datamodules.tasks.task_spec import TaskSpec
 
@@ -158,33 +158,40 @@ class Predictor:
 
 def _evaluation_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype:
     """The run's ``callbacks.eval_precision.dtype`` rule on this machine (float32 for a run without the callback)."""
-    from callbacks.eval_precision import evaluation_dtype
+    from lightning_modules.scale.precision import evaluation_dtype  # torch only, as the callback applies it
 
     setting = OmegaConf.select(cfg, "callbacks.eval_precision.dtype", default="float32")
     return evaluation_dtype(str(setting), device, str(cfg.trainer.get("precision")))
 
 
 def run_task(run_dir: str | Path) -> TaskSpec:
-    """The task a finished run classifies (from its config.yaml), without building its model."""
-    cfg, _ = run_config(run_dir)
+    """The task a finished run classifies (from its config.yaml), without building its model, nor composing today's
+    config: the task section is the run's own (``upgrade_saved_config`` fills only the stage and data sections)."""
+    cfg, _ = _saved_config(Path(run_dir))
+    follow_moved_modules(cfg.task)
     return instantiate_with(cfg.task)
 
 
 def run_config(run_dir: str | Path) -> tuple[DictConfig, RunFolder]:
     """The run's resolved config.yaml and its results.json (both written by train.py when the run ended)."""
     run_dir = Path(run_dir)
+    cfg, folder = _saved_config(run_dir)
+    if folder.results.stage:  # a run of an older version may lack keys added since
+        cfg = upgrade_saved_config(cfg, folder.results.stage)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    return cfg, folder
+
+
+def _saved_config(run_dir: Path) -> tuple[DictConfig, RunFolder]:
+    """The run's config.yaml as saved, and its folder; a ConfigError when it is not a finished run."""
     folder = RunFolder(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
     if not folder.results_file.is_file() or not folder.config_path.is_file():
         raise ConfigError(f"{run_dir}: not a finished train.py run ({CONFIG_FILE} and {RESULTS_FILE} are written "
                           "when a run ends)")
-    cfg = OmegaConf.load(folder.config_path)
-    if folder.results.stage:  # a run of an older version may lack keys added since
-        cfg = upgrade_saved_config(cfg, folder.results.stage)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-    return cfg, folder
+    return OmegaConf.load(folder.config_path), folder
 
 
 def selected_weights(folder: RunFolder) -> str | None:
@@ -227,7 +234,9 @@ def _load_weights(module: StageModule, path: Path, named: str) -> None:
             with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's notes; stdout holds predict.py's rows
                 state = consolidated_checkpoint(path)["state_dict"]
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+            # mmap: the tensors are read from the file as they are copied into the module, and the optimizer state a
+            # resumable checkpoint holds is never read at all
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
     except Exception as err:  # noqa: BLE001 - a damaged archive fails in many ways (zip, pickle, tensor storage)
         raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
                           "it may be damaged") from None

@@ -56,7 +56,7 @@ def upgrade_saved_config(cfg: DictConfig, stage: str) -> DictConfig:
     except HydraException:  # a stage this version does not know: nothing to fill from
         return cfg
     filled = copy.deepcopy(cfg)
-    _follow_moved_modules(filled)
+    follow_moved_modules(filled)
     for section in FILLED_SECTIONS:
         # only the same class: a data=files run must not gain the FewCLUE datamodule's keys
         if section in filled and today[section].get("_target_") == filled[section].get("_target_"):
@@ -64,15 +64,16 @@ def upgrade_saved_config(cfg: DictConfig, stage: str) -> DictConfig:
     return filled
 
 
-def _follow_moved_modules(node) -> None:
-    """Every ``_target_`` in ``node`` that names a class in a module that has moved, renamed in place."""
+def follow_moved_modules(node) -> None:
+    """Every ``_target_`` in ``node`` that names a class in a module that has moved, renamed in place (all that a
+    saved ``task`` section needs: the other keys are the run's own)."""
     keys = list(node.keys()) if OmegaConf.is_dict(node) else range(len(node))
     for key in keys:
         if OmegaConf.is_missing(node, key):
             continue
         child = node._get_node(key)
         if OmegaConf.is_config(child):
-            _follow_moved_modules(child)
+            follow_moved_modules(child)
         elif key == "_target_" and isinstance(child._value(), str):
             module, _, name = child._value().rpartition(".")
             if module in MOVED_MODULES:
