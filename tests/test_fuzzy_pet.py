@@ -36,7 +36,7 @@ def training_loss(module, batch) -> torch.Tensor:
     return module.mean_set_loss(module.word_scores(batch), batch["labels"])
 
 
-def test_fuzzy_training_loss_is_the_mean_over_sets_and_evaluation_pools_every_word(make_config):
+def test_fuzzy_training_loss_is_the_mean_over_sets_and_evaluation_averages_the_sets_or_pools_every_word(make_config):
     torch.manual_seed(0)
     module, datamodule = _module(make_config, ["task=ocnli"])  # ocnli's words have 1 and 2 characters
     assert module.lengths == [1, 2] and module.set_names == ["v1", "v2", "v3"]
@@ -63,6 +63,13 @@ def test_fuzzy_training_loss_is_the_mean_over_sets_and_evaluation_pools_every_wo
             for s in ("v1", "v2", "v3")
         ]
         assert training_loss(module, batch).item() == pytest.approx(torch.stack(per_set).mean().item(), abs=1e-5)
+        # stage.pooling=sets (the default): the mean of the three sets' own class distributions.
+        assert module.pooling == "sets"
+        mean_of_sets = torch.stack([class_probs([i for i, w in enumerate(module.words.words) if w.set_name == s])
+                                    for s in ("v1", "v2", "v3")]).mean(0)
+        assert module.class_log_probs(batch).exp() == pytest.approx(mean_of_sets, abs=1e-5)
+        # stage.pooling=words: every word of every set summed per class.
+        module.pooling = "words"
         pooled = class_probs(list(range(len(module.words.words))))
         assert module.class_log_probs(batch).exp() == pytest.approx(pooled, abs=1e-5)
 
@@ -71,7 +78,7 @@ def test_pooled_objective_trains_on_the_distribution_evaluation_scores(make_conf
     """stage.objective=pooled: the training loss is the cross-entropy of p(class) ∝ Σ p(word) over every word of
     the class in every set, the distribution that evaluation scores; per_set averages each set's own."""
     torch.manual_seed(0)
-    module, datamodule = _module(make_config, ["task=ocnli", "stage.objective=pooled"])
+    module, datamodule = _module(make_config, ["task=ocnli", "stage.objective=pooled", "stage.pooling=words"])
     batch = module.collate(datamodule.train_rows[:4])
     for layer in module.modules():
         if isinstance(layer, torch.nn.Dropout):
@@ -194,7 +201,7 @@ def test_exact_one_pass_scores_real_tnews_rows_as_separate_passes_with_the_share
     if not (encoder / "config.json").is_file():
         pytest.skip("the shared encoder is not found; set ZH_MLM_SMALL")
     module, datamodule = _module(make_config, ["task=tnews", "model=hf", f"model.pretrained={encoder}",
-                                               "stage.word_score=calibrated"])
+                                               "stage.word_score=calibrated", "stage.pooling=words"])
     assert module.lengths == [2, 3, 4]
     rows = datamodule.val_rows[:8]
     batch = module.collate(rows)

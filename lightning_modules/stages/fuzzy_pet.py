@@ -4,9 +4,10 @@ A row is written into a cloze pattern (``conf/task/<task>.yaml``, ``stage.patter
 each label word of n characters is scored on a copy of the pattern with n [MASK] tokens. The
 copies of every distinct word length go through the encoder in one forward pass, stacked along
 the batch dimension (``PatternEncoder.encode_stacked``; padding is masked, so each copy scores as
-it would alone). ``verbalizer=fuzzy`` pools every set:
-a class's probability is the sum of its words' probabilities. Training takes the mean over sets
-of each set's cross-entropy, so the model learns every word of a class. chid scores its 7
+it would alone). ``verbalizer=fuzzy`` pools every set. Training takes the mean over sets of each
+set's cross-entropy (within a set, a class's probability is the sum of its words' probabilities),
+so the model learns every word of a class; evaluation averages the sets' class distributions
+(``stage.pooling=sets``) or sums every word's probability (``words``). chid scores its 7
 candidate idioms at the idiom slot (4 masks); cluewsc fills its pattern with span1/span2.
 ``stage.slots=longest`` trades that exactness for speed: one copy of the row instead of one per word
 length, with as many [MASK] tokens as the longest word, a word of n characters scored at the first n
@@ -50,8 +51,8 @@ log = logging.getLogger(__name__)
 # in one forward pass); longest: one copy with the longest word's number of slots, a shorter word scored at the
 # first of them.
 SLOTS = ("exact", "longest")
-# What training minimises: pooled (the cross-entropy of the class distribution evaluation scores: p(class) from all
-# words of all sets in use, the seed system's probability sum) or per_set (the mean of each set's own cross-entropy).
+# What training minimises: pooled (the cross-entropy of the class distribution evaluation scores, stage.pooling's;
+# with pooling=words the seed system's probability sum) or per_set (the mean of each set's own cross-entropy).
 OBJECTIVES = ("pooled", "per_set")
 # verbalizer=fuzzy: every label-word set of the task.
 FUZZY = "fuzzy"
