@@ -36,6 +36,7 @@ import functools
 import inspect
 import json
 from collections import deque
+from contextlib import nullcontext
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,15 +203,20 @@ class StageModule(LightningModule):
         raise NotImplementedError(f"{type(self).__name__} writes no predictions")
 
     @torch.no_grad()
+    @torch.no_grad()
     def class_probs(self, rows: list, batch_size: int) -> torch.Tensor:
         """Class probabilities [N, C] of task rows under the current weights, in eval mode (self-training's
-        pseudo-labels, a teacher's probabilities on unlabeled rows)."""
+        pseudo-labels, a teacher's probabilities on unlabeled rows, the untrained cloze's training accuracy). Called
+        from hooks outside Lightning's steps, so it enters the trainer's precision (bf16 autocast under bf16-mixed)
+        itself, and records no gradients."""
         was_training = self.training
         self.eval()
+        precision = self._trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
         out = []
-        for start in range(0, len(rows), batch_size):
-            batch = self.transfer_batch_to_device(self.collate(rows[start : start + batch_size]), self.device, 0)
-            out.append(self.class_log_probs(batch).exp().float().cpu())
+        with precision:
+            for start in range(0, len(rows), batch_size):
+                batch = self.transfer_batch_to_device(self.collate(rows[start : start + batch_size]), self.device, 0)
+                out.append(self.class_log_probs(batch).exp().float().cpu())
         self.train(was_training)
         return torch.cat(out) if out else torch.empty(0, 0)
 
