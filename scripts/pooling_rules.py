@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from datamodules.runs.build import instantiate_with
-from datamodules.runs.predictor import Predictor, run_config
+from datamodules.runs.predictor import Predictor
 from lightning_modules.scoring.verbalizer import class_log_probs, pooled_class_log_probs
 
 RULES = ("words", "sets", "log_sets", "pet", "dev_best")
@@ -37,20 +37,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("runs", nargs="+", type=Path, help="finished Fuzzy-PET run folders")
     parser.add_argument("--out", type=Path, help="write every run's accuracies as JSON here")
     return parser.parse_args(argv)
-
-
-def initial_predictor(trained: Predictor) -> Predictor:
-    """The run's stage module with the weights training started from (the encoder before any update)."""
-    cfg = trained.cfg
-    tokenizer = trained.module.tokenizer
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.seed))
-        module = instantiate_with(cfg.stage, masked_lm=instantiate_with(cfg.model).masked_lm(tokenizer),
-                                  tokenizer=tokenizer)
-    module.eval()
-    module.to(trained.device)
-    module.to(next(trained.module.parameters()).dtype)
-    return Predictor(cfg, trained.task, module, trained.device, "the starting weights")
 
 
 def set_log_probs(module, scores: torch.Tensor) -> torch.Tensor:
@@ -78,17 +64,17 @@ def rule_log_probs(module, scores: torch.Tensor, set_weights: torch.Tensor, best
 
 
 def analyse(run_dir: Path) -> dict:
-    cfg, _ = run_config(run_dir)
+    trained = Predictor.load(run_dir)
+    cfg = trained.cfg
     data = instantiate_with(cfg.data)
     data.prepare_data()
     data.setup("fit")
-    trained = Predictor.load(run_dir)
     module = trained.module
     if len(module.set_names) < 2:
         raise SystemExit(f"{run_dir}: pools {module.set_names}; give runs over two or more label-word sets")
     scored = {name: (trained.scores(rows, module.word_scores), torch.tensor([row.label for row in rows]))
               for name, rows in (("dev", data.val_rows), ("heldout", data.heldout_rows))}
-    initial = initial_predictor(trained)
+    initial = Predictor.load(run_dir, starting_weights=True)
     train_labels = torch.tensor([row.label for row in data.train_rows])
     before = set_log_probs(initial.module, initial.scores(data.train_rows, initial.module.word_scores))
     set_weights = torch.tensor([(lp.argmax(-1) == train_labels).float().mean() for lp in before])

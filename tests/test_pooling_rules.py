@@ -37,3 +37,21 @@ def test_the_runs_own_rule_reproduces_its_reported_held_out_and_per_set_accuraci
     written = tmp_path / "rules.json"
     assert main([str(pooled_run), "--out", str(written)]) == 0
     assert json.loads(written.read_text())[0]["heldout"] == out["heldout"]
+
+
+def test_starting_weights_are_the_weights_the_run_scored_before_training(pooled_run):
+    from datamodules.runs.build import instantiate_with
+    from datamodules.runs.predictor import Predictor
+
+    trained = Predictor.load(pooled_run)
+    initial = Predictor.load(pooled_run, starting_weights=True)
+    assert initial.source == "the starting weights"
+    data = instantiate_with(initial.cfg.data)
+    data.prepare_data()
+    data.setup("fit")
+    labels = [row.label for row in data.train_rows]
+    accuracy = sum(int(p.argmax()) == y for p, y in zip(initial.class_log_probs(data.train_rows), labels)) / len(labels)
+    results = json.loads((pooled_run / "results.json").read_text())
+    assert accuracy == pytest.approx(results["train/acc_before"], abs=1 / len(labels) + 1e-6)
+    encoder = "backbone.bert.encoder.layer.0.attention.self.query.weight"
+    assert not initial.module.state_dict()[encoder].equal(trained.module.state_dict()[encoder])

@@ -52,13 +52,16 @@ class Predictor:
         self.source = source  # where the weights came from
 
     @classmethod
-    def load(cls, run_dir: str | Path, checkpoint: str | None = None, device: str = "auto") -> Predictor:
+    def load(cls, run_dir: str | Path, checkpoint: str | None = None, device: str = "auto",
+             starting_weights: bool = False) -> Predictor:
+        """The run's module with its selected checkpoint, ``checkpoint`` (a file or an export folder) in its place,
+        or with ``starting_weights`` the weights its training started from (the encoder before any update)."""
         run_dir = Path(run_dir)
         cfg, folder = run_config(run_dir)
         task = instantiate_with(cfg.task)
         if task.kind != "multiple_choice" and not task.labels:
             raise ConfigError(f"{run_dir}: task {task.name} has no labels to predict")
-        source = checkpoint or selected_weights(folder)
+        source = None if starting_weights else checkpoint or selected_weights(folder)
         # Messages about the weights name them where they came from: the user's --checkpoint, or the run's own.
         named = f"--checkpoint {checkpoint}" if checkpoint else f"{run_dir}: its selected checkpoint {source}"
         export = source is not None and Path(source).is_dir() and (Path(source) / "config.json").is_file()
@@ -85,7 +88,8 @@ class Predictor:
         target = _device(device, cfg)
         module.to(target)
         module.to(_evaluation_dtype(cfg, target))  # what the run's own evaluation and leaderboard file used
-        return cls(cfg, task, module, target, str(source) if source else "the untrained model (zero-shot run)")
+        untrained = "the starting weights" if starting_weights else "the untrained model (zero-shot run)"
+        return cls(cfg, task, module, target, str(source) if source else untrained)
 
     def class_log_probs(self, rows: list[Row], batch_size: int | None = None,
                         progress: TextIO | None = None) -> torch.Tensor:
