@@ -27,7 +27,7 @@ import torch
 
 from datamodules.runs.build import instantiate_with
 from datamodules.runs.predictor import Predictor
-from lightning_modules.scoring.verbalizer import class_log_probs, pooled_class_log_probs
+from lightning_modules.scoring.verbalizer import pooled_class_log_probs
 
 RULES = ("words", "sets", "log_sets", "pet", "dev_best")
 

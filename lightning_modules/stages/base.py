@@ -36,8 +36,8 @@ import functools
 import inspect
 import json
 from collections import deque
-from contextlib import nullcontext
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -202,7 +202,6 @@ class StageModule(LightningModule):
         """Leaderboard rows of a batch of unlabelled rows."""
         raise NotImplementedError(f"{type(self).__name__} writes no predictions")
 
-    @torch.no_grad()
     @torch.no_grad()
     def class_probs(self, rows: list, batch_size: int) -> torch.Tensor:
         """Class probabilities [N, C] of task rows under the current weights, in eval mode (self-training's
