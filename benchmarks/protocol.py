@@ -4,6 +4,9 @@ each in its own process as a user types it, with the seconds of every phase.
     python benchmarks/protocol.py                                 # 9 tasks, split 0
     python benchmarks/protocol.py --splits 0,1,2,3,4 --tasks eprstmt,bustm
     python benchmarks/protocol.py --out runs/bench -- trainer.max_epochs=2   # overrides after --
+    python benchmarks/protocol.py --tasks bustm --splits 0,1 -- stage=efl model.pretrained=runs/ent/{split}/export
+
+``{task}`` and ``{split}`` in an override stand for each run's task and split (a per-split export, for one).
 
 Each run writes into ``OUT/<task>/<split>`` (OUT: ``benchmarks/runs/protocol-<time>``); its results.json gives the
 phases (``timing``: start = process start to main, i.e. imports and config composition; data; model; trainer;
@@ -57,10 +60,16 @@ def commit() -> str:
     return done.stdout.strip() + ("+changes" if dirty else "") if done.returncode == 0 else "unknown"
 
 
+def train_command(task: str, split: str, run_dir: Path, overrides: list[str]) -> list[str]:
+    """train.py's command line for one run, ``{task}`` and ``{split}`` in the overrides filled in."""
+    filled = [override.replace("{task}", task).replace("{split}", split) for override in overrides]
+    return [sys.executable, str(ROOT / "train.py"), f"task={task}", f"data.split={split}", f"hydra.run.dir={run_dir}",
+            *filled]
+
+
 def run_one(task: str, split: str, out: Path, overrides: list[str]) -> dict:
     run_dir = out / task / split
-    command = [sys.executable, str(ROOT / "train.py"), f"task={task}", f"data.split={split}",
-               f"hydra.run.dir={run_dir}", *overrides]
+    command = train_command(task, split, run_dir, overrides)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started

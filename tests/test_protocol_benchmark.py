@@ -1,8 +1,12 @@
-"""benchmarks/protocol.py's table: phases and accuracies read back from run folders, totals by hand."""
+"""benchmarks/protocol.py: the table's phases and accuracies read back from run folders, totals by hand; the
+command line of each run."""
 
 from __future__ import annotations
 
-from benchmarks.protocol import PHASES, table
+import sys
+from pathlib import Path
+
+from benchmarks.protocol import PHASES, ROOT, table, train_command
 
 
 def test_the_table_has_a_row_per_run_and_totals_per_phase():
@@ -18,3 +22,12 @@ def test_the_table_has_a_row_per_run_and_totals_per_phase():
     assert lines[5] == "| bustm | 0 | 20 | 2.0 | 2.0 | 2.0 | 2.0 | 2.0 | 2.0 | 2.0 | 2.0 | 50.0 | - |"
     assert lines[6] == "| chid | 0 | 5 | exit 2: error: something |"
     assert lines[7] == "| **total** | | 55 | 3 | 3 | 3 | 14 | 3 | 3 | 3 | 3 | | |"
+
+
+def test_task_and_split_placeholders_are_filled_per_run_and_other_braces_kept():
+    command = train_command("bustm", "3", Path("out/bustm/3"),
+                            ["stage=efl", "model.pretrained=runs/ent/{split}/export", "tuned={task}_{split}",
+                             "stage.loss_weights={mlm:0.5}"])
+    assert command == [sys.executable, str(ROOT / "train.py"), "task=bustm", "data.split=3",
+                       "hydra.run.dir=out/bustm/3", "stage=efl", "model.pretrained=runs/ent/3/export", "tuned=bustm_3",
+                       "stage.loss_weights={mlm:0.5}"]
