@@ -8,7 +8,9 @@ difference of each method against the baseline over the splits both ran, and the
 A method's folders joined by ``,`` are one method's runs (a later folder's run of the same task and split wins);
 joined by ``+`` they are averaged per task and split over the folders that all ran it (e.g. the mean single
 label-word set). The last lines count, per method, the tasks where it is ahead of the baseline over the splits both
-ran, and where its spread over those splits is at most the baseline's.
+ran, and where its spread over those splits is at most the baseline's. The FewCLUE score (the mean over the nine
+tasks) is given for a method that ran all nine; a last table gives the median seconds per run (the phases in
+results.json's ``timing``, process start to test prediction).
 
 Dev accuracy (``val/acc``, which chose each run's checkpoint) is shown beside it, never in place of it.
 """
@@ -19,8 +21,18 @@ import argparse
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 from datamodules.runs.results import RESULTS_FILE, RunFolder
+from datamodules.tasks.task_configs import FEWCLUE_TASKS
+
+
+class Score(NamedTuple):
+    """One run's held-out metric, its dev accuracy (which chose the checkpoint) and its seconds (None: not timed)."""
+
+    heldout: float
+    dev: float
+    seconds: float | None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,24 +43,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def scores(folder: Path, metric: str) -> dict[tuple[str, str], tuple[float, float]]:
-    """(task, split) -> (metric, val/acc) of every finished run under ``folder``."""
+def scores(folder: Path, metric: str) -> dict[tuple[str, str], Score]:
+    """(task, split) -> the Score of every finished run under ``folder``."""
     found = {}
     for results_file in sorted(folder.rglob(RESULTS_FILE)):
         results = RunFolder(results_file.parent).results.to_dict()
         if results.get(metric) is not None:
-            found[(str(results["task"]), str(results["split"]))] = (float(results[metric]), float(results["val/acc"]))
+            timing = results.get("timing")
+            found[(str(results["task"]), str(results["split"]))] = Score(
+                float(results[metric]), float(results["val/acc"]), sum(timing.values()) if timing else None)
     return found
 
 
-def method_scores(spec: str, metric: str) -> dict[tuple[str, str], tuple[float, float]]:
+def _mean_score(parts: list[Score]) -> Score:
+    seconds = [part.seconds for part in parts if part.seconds is not None]
+    return Score(statistics.fmean(part.heldout for part in parts), statistics.fmean(part.dev for part in parts),
+                 statistics.fmean(seconds) if seconds else None)
+
+
+def method_scores(spec: str, metric: str) -> dict[tuple[str, str], Score]:
     """The runs of a method given as folders joined by ``,`` (union) or ``+`` (mean per task and split)."""
     if "+" in spec:
         parts = [scores(Path(folder), metric) for folder in spec.split("+")]
         shared = set.intersection(*(set(part) for part in parts))
-        return {key: (statistics.fmean(part[key][0] for part in parts), statistics.fmean(part[key][1] for part in parts))
-                for key in shared}
-    found: dict[tuple[str, str], tuple[float, float]] = {}
+        return {key: _mean_score([part[key] for part in parts]) for key in shared}
+    found: dict[tuple[str, str], Score] = {}
     for folder in spec.split(","):
         found.update(scores(Path(folder), metric))
     return found
@@ -71,7 +90,7 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
         cells = []
         for name in names:
             runs = [value for (t, _), value in sorted(methods[name].items()) if t == task]
-            heldout, dev = [h for h, _ in runs], [d for _, d in runs]
+            heldout, dev = [run.heldout for run in runs], [run.dev for run in runs]
             if heldout:
                 per_task[name][task] = statistics.fmean(heldout)
             cells.append(f"{mean_std(heldout)} [{100 * statistics.fmean(dev):.1f}]" if runs else "-")
@@ -79,6 +98,8 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
     complete = [task for task in tasks if all(task in per_task[name] for name in names)]
     lines.append(f"| **mean over {len(complete)} tasks** | " + " | ".join(
         f"{100 * statistics.fmean(per_task[name][t] for t in complete):.1f}" if complete else "-" for name in names) + " |")
+    if set(tasks) & set(FEWCLUE_TASKS):
+        lines.append("| **FewCLUE score (9 tasks)** | " + " | ".join(_fewclue_score(per_task[name]) for name in names) + " |")
     lines += ["", f"Paired differences against {baseline} (points, mean ± sample std over the splits both ran; n; "
                   "splits where the method is ahead / behind):", "",
               "| task | " + " | ".join(n for n in names if n != baseline) + " |", "|---|" + "---|" * (len(names) - 1)]
@@ -88,7 +109,7 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
             if name == baseline:
                 continue
             shared = [key for key in methods[name] if key[0] == task and key in methods[baseline]]
-            diffs = [methods[name][key][0] - methods[baseline][key][0] for key in shared]
+            diffs = [methods[name][key].heldout - methods[baseline][key].heldout for key in shared]
             ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
             cells.append(f"{mean_std(diffs)} {ahead}/{behind}" if diffs else "-")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
@@ -103,13 +124,29 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
         steadier = [t for t in spreads if statistics.stdev(paired[t][0]) <= statistics.stdev(paired[t][1])]
         lines.append(f"- {name}: ahead on the splits both ran on {len(ahead)} of {len(shared_tasks)} tasks; spread over "
                      f"those splits at most {baseline}'s on {len(steadier)} of {len(spreads)} (tasks with 2 or more)")
+    lines += ["", "Seconds per run (median over the splits; the phases in results.json's `timing`):", "",
+              "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for task in tasks:
+        cells = []
+        for name in names:
+            seconds = [run.seconds for (t, _), run in methods[name].items() if t == task and run.seconds is not None]
+            cells.append(f"{statistics.median(seconds):.0f}" if seconds else "-")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _fewclue_score(per_task: dict[str, float]) -> str:
+    """The mean over the nine FewCLUE tasks, or how many of them the method ran."""
+    ran = [task for task in FEWCLUE_TASKS if task in per_task]
+    if len(ran) < len(FEWCLUE_TASKS):
+        return f"- ({len(ran)} of {len(FEWCLUE_TASKS)})"
+    return f"{100 * statistics.fmean(per_task[task] for task in FEWCLUE_TASKS):.1f}"
 
 
 def _paired(runs: dict, baseline: dict, task: str) -> tuple[list[float], list[float]]:
     """The method's and the baseline's scores of ``task`` on the splits both ran, in split order."""
     shared = sorted(key for key in runs if key[0] == task and key in baseline)
-    return [runs[key][0] for key in shared], [baseline[key][0] for key in shared]
+    return [runs[key].heldout for key in shared], [baseline[key].heldout for key in shared]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,3 +44,22 @@ def test_folders_joined_by_plus_are_averaged_per_split_and_by_comma_unioned(tmp_
     # on the splits both ran (0, 1): base 0.5, 0.7 (std 14.1), mean set 0.6, 0.8 (std 14.1): ahead, as steady
     assert ("- mean set: ahead on the splits both ran on 1 of 1 tasks; spread over those splits at most base's on "
             "1 of 1 (tasks with 2 or more)") in text
+
+
+def test_the_fewclue_score_needs_all_nine_tasks_and_seconds_are_medians(tmp_path):
+    from scripts.heldout_table import FEWCLUE_TASKS
+
+    for n, task in enumerate(FEWCLUE_TASKS):
+        (tmp_path / "all" / task).mkdir(parents=True)
+        (tmp_path / "all" / task / "results.json").write_text(json.dumps(
+            {"task": task, "split": "0", "heldout/acc": n / 10, "val/acc": 0.5, "timing": {"start": 1.0, "train": n}}))
+    for split, seconds in enumerate([10.0, 30.0, 20.0]):
+        (tmp_path / "some" / str(split)).mkdir(parents=True)
+        (tmp_path / "some" / str(split) / "results.json").write_text(json.dumps(
+            {"task": "eprstmt", "split": str(split), "heldout/acc": 0.5, "val/acc": 0.5, "timing": {"train": seconds}}))
+    text = table({"all": scores(tmp_path / "all", "heldout/acc"), "some": scores(tmp_path / "some", "heldout/acc")},
+                 "all", "heldout/acc")
+    # all: (0 + 0.1 + ... + 0.8) / 9 = 0.4; some ran 1 of the 9 tasks
+    assert "| **FewCLUE score (9 tasks)** | 40.0 | - (1 of 9) |" in text
+    # eprstmt is the first task: all's run took 1 + 0 s; some's three runs 10, 30, 20 s (median 20); csl's 1 + 3 s
+    assert "| eprstmt | 1 | 20 |" in text and "| csl | 4 | - |" in text
