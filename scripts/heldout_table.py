@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("methods", nargs="+", help="name=folder, one per method")
     parser.add_argument("--baseline", help="the method the others are compared with (default: the first)")
     parser.add_argument("--metric", default="heldout/acc", help="heldout/acc (default) or test/acc")
+    parser.add_argument("--tasks", help="comma-separated tasks to show (default: every task a method ran)")
     return parser.parse_args(argv)
 
 
@@ -77,7 +78,8 @@ def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * std:.1f} ({len(values)})"
+    mean = f"{100 * statistics.fmean(values):.1f}"
+    return f"{'0.0' if mean == '-0.0' else mean} ± {100 * std:.1f} ({len(values)})"
 
 
 def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
@@ -155,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     for entry in args.methods:
         name, _, folder = entry.partition("=")
         methods[name] = method_scores(folder, args.metric)
+    if args.tasks:
+        shown = set(args.tasks.split(","))
+        methods = {name: {key: run for key, run in runs.items() if key[0] in shown} for name, runs in methods.items()}
     print(table(methods, args.baseline or next(iter(methods)), args.metric))
 
 

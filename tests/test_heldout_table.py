@@ -63,3 +63,18 @@ def test_the_fewclue_score_needs_all_nine_tasks_and_seconds_are_medians(tmp_path
     assert "| **FewCLUE score (9 tasks)** | 40.0 | - (1 of 9) |" in text
     # eprstmt is the first task: all's run took 1 + 0 s; some's three runs 10, 30, 20 s (median 20); csl's 1 + 3 s
     assert "| eprstmt | 1 | 20 |" in text and "| csl | 4 | - |" in text
+
+
+def test_tasks_limits_the_table_and_a_mean_that_rounds_to_zero_has_no_sign(tmp_path, capsys):
+    from scripts.heldout_table import main
+
+    _run(tmp_path / "base" / "0", "csl", "0", 0.5000, 0.5)
+    _run(tmp_path / "base" / "1", "csl", "1", 0.6000, 0.5)
+    _run(tmp_path / "new" / "0", "csl", "0", 0.5001, 0.5)
+    _run(tmp_path / "new" / "1", "csl", "1", 0.5998, 0.5)
+    _run(tmp_path / "new" / "2", "bustm", "0", 0.7, 0.5)
+    main([f"base={tmp_path / 'base'}", f"new={tmp_path / 'new'}", "--tasks", "csl"])
+    text = capsys.readouterr().out
+    # differences +0.01 and -0.02 points: mean -0.005, shown as 0.0
+    assert "| csl | 0.0 ± 0.0 (2) 1/1 |" in text
+    assert "bustm" not in text
