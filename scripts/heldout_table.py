@@ -9,7 +9,7 @@ A method's folders joined by ``,`` are one method's runs (a later folder's run o
 joined by ``+`` they are averaged per task and split over the folders that all ran it (e.g. the mean single
 label-word set). The last lines count, per method, the tasks where it is ahead of the baseline over the splits both
 ran, and where its spread over those splits is at most the baseline's. The FewCLUE score (the mean over the nine
-tasks) is given for a method that ran all nine; a last table gives the median seconds per run (the phases in
+tasks) is given for a method that ran all nine, in a table that shows all nine; a last table gives the median seconds per run (the phases in
 results.json's ``timing``, process start to test prediction).
 
 Dev accuracy (``val/acc``, which chose each run's checkpoint) is shown beside it, never in place of it.
@@ -100,7 +100,7 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
     complete = [task for task in tasks if all(task in per_task[name] for name in names)]
     lines.append(f"| **mean over {len(complete)} tasks** | " + " | ".join(
         f"{100 * statistics.fmean(per_task[name][t] for t in complete):.1f}" if complete else "-" for name in names) + " |")
-    if set(tasks) & set(FEWCLUE_TASKS):
+    if set(FEWCLUE_TASKS) <= set(tasks):
         lines.append("| **FewCLUE score (9 tasks)** | " + " | ".join(_fewclue_score(per_task[name]) for name in names) + " |")
     lines += ["", f"Paired differences against {baseline} (points, mean ± sample std over the splits both ran; n; "
                   "splits where the method is ahead / behind):", "",
