@@ -9,8 +9,8 @@ A method's folders joined by ``,`` are one method's runs (a later folder's run o
 joined by ``+`` they are averaged per task and split over the folders that all ran it (e.g. the mean single
 label-word set). The last lines count, per method, the tasks where it is ahead of the baseline over the splits both
 ran, and where its spread over those splits is at most the baseline's. The FewCLUE score (the mean over the nine
-tasks) is given for a method that ran all nine, in a table that shows all nine; a last table gives the median seconds per run (the phases in
-results.json's ``timing``, process start to test prediction).
+tasks) is given for a method that ran all nine, in a table that shows all nine (``--tasks`` limits a table). A last
+table gives the median seconds per run (the phases in results.json's ``timing``, process start to test prediction).
 
 Dev accuracy (``val/acc``, which chose each run's checkpoint) is shown beside it, never in place of it.
 """
