@@ -101,7 +101,8 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
     lines.append(f"| **mean over {len(complete)} tasks** | " + " | ".join(
         f"{100 * statistics.fmean(per_task[name][t] for t in complete):.1f}" if complete else "-" for name in names) + " |")
     if set(FEWCLUE_TASKS) <= set(tasks):
-        lines.append("| **FewCLUE score (9 tasks)** | " + " | ".join(_fewclue_score(per_task[name]) for name in names) + " |")
+        fewclue = " | ".join(_fewclue_score(per_task[name]) for name in names)
+        lines.append(f"| **FewCLUE score (9 tasks)** | {fewclue} |")
     lines += ["", f"Paired differences against {baseline} (points, mean ± sample std over the splits both ran; n; "
                   "splits where the method is ahead / behind):", "",
               "| task | " + " | ".join(n for n in names if n != baseline) + " |", "|---|" + "---|" * (len(names) - 1)]
