@@ -28,9 +28,9 @@ from datamodules.tasks.task_configs import FEWCLUE_TASKS
 
 
 class Score(NamedTuple):
-    """One run's held-out metric, its dev accuracy (which chose the checkpoint) and its seconds (None: not timed)."""
+    """One run's ``--metric`` (heldout/acc or test/acc), its dev accuracy (which chose the checkpoint) and its seconds (None: not timed)."""
 
-    heldout: float
+    metric: float
     dev: float
     seconds: float | None
 
@@ -58,7 +58,7 @@ def scores(folder: Path, metric: str) -> dict[tuple[str, str], Score]:
 
 def _mean_score(parts: list[Score]) -> Score:
     seconds = [part.seconds for part in parts if part.seconds is not None]
-    return Score(statistics.fmean(part.heldout for part in parts), statistics.fmean(part.dev for part in parts),
+    return Score(statistics.fmean(part.metric for part in parts), statistics.fmean(part.dev for part in parts),
                  statistics.fmean(seconds) if seconds else None)
 
 
@@ -92,10 +92,10 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
         cells = []
         for name in names:
             runs = [value for (t, _), value in sorted(methods[name].items()) if t == task]
-            heldout, dev = [run.heldout for run in runs], [run.dev for run in runs]
-            if heldout:
-                per_task[name][task] = statistics.fmean(heldout)
-            cells.append(f"{mean_std(heldout)} [{100 * statistics.fmean(dev):.1f}]" if runs else "-")
+            values, dev = [run.metric for run in runs], [run.dev for run in runs]
+            if values:
+                per_task[name][task] = statistics.fmean(values)
+            cells.append(f"{mean_std(values)} [{100 * statistics.fmean(dev):.1f}]" if runs else "-")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     complete = [task for task in tasks if all(task in per_task[name] for name in names)]
     lines.append(f"| **mean over {len(complete)} tasks** | " + " | ".join(
@@ -112,7 +112,7 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
             if name == baseline:
                 continue
             shared = [key for key in methods[name] if key[0] == task and key in methods[baseline]]
-            diffs = [methods[name][key].heldout - methods[baseline][key].heldout for key in shared]
+            diffs = [methods[name][key].metric - methods[baseline][key].metric for key in shared]
             ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
             cells.append(f"{mean_std(diffs)} {ahead}/{behind}" if diffs else "-")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
@@ -149,7 +149,7 @@ def _fewclue_score(per_task: dict[str, float]) -> str:
 def _paired(runs: dict, baseline: dict, task: str) -> tuple[list[float], list[float]]:
     """The method's and the baseline's scores of ``task`` on the splits both ran, in split order."""
     shared = sorted(key for key in runs if key[0] == task and key in baseline)
-    return [runs[key].heldout for key in shared], [baseline[key].heldout for key in shared]
+    return [runs[key].metric for key in shared], [baseline[key].metric for key in shared]
 
 
 def main(argv: list[str] | None = None) -> None:
