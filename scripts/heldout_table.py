@@ -9,7 +9,8 @@ A method's folders joined by ``,`` are one method's runs (a later folder's run o
 joined by ``+`` they are averaged per task and split over the folders that all ran it (e.g. the mean single
 label-word set). The last lines count, per method, the tasks where it is ahead of the baseline over the splits both
 ran, and where its spread over those splits is at most the baseline's. The FewCLUE score (the mean over the nine
-tasks) is given for a method that ran all nine, in a table that shows all nine (``--tasks`` limits a table). A last
+tasks) is given for a method that ran all nine, in a table that shows all nine (``--tasks`` limits a table), and
+its paired difference from the baseline's, each task counted on the splits both ran. A last
 table gives the median seconds per run (the phases in results.json's ``timing``, process start to test prediction).
 
 Dev accuracy (``val/acc``, which chose each run's checkpoint) is shown beside it, never in place of it.
@@ -78,8 +79,13 @@ def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    mean = f"{100 * statistics.fmean(values):.1f}"
-    return f"{'0.0' if mean == '-0.0' else mean} ± {100 * std:.1f} ({len(values)})"
+    return f"{points(statistics.fmean(values))} ± {100 * std:.1f} ({len(values)})"
+
+
+def points(value: float) -> str:
+    """A share in points with one decimal; a value that rounds to zero has no sign."""
+    text = f"{100 * value:.1f}"
+    return "0.0" if text == "-0.0" else text
 
 
 def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
@@ -106,6 +112,7 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
     lines += ["", f"Paired differences against {baseline} (points, mean ± sample std over the splits both ran; n; "
                   "splits where the method is ahead / behind):", "",
               "| task | " + " | ".join(n for n in names if n != baseline) + " |", "|---|" + "---|" * (len(names) - 1)]
+    mean_diff: dict[str, dict[str, float]] = defaultdict(dict)
     for task in tasks:
         cells = []
         for name in names:
@@ -115,7 +122,13 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
             diffs = [methods[name][key].metric - methods[baseline][key].metric for key in shared]
             ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
             cells.append(f"{mean_std(diffs)} {ahead}/{behind}" if diffs else "-")
+            if diffs:
+                mean_diff[name][task] = statistics.fmean(diffs)
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    if set(FEWCLUE_TASKS) <= set(tasks):
+        # the difference of the two FewCLUE scores, each task counted on the splits both methods ran
+        fewclue = " | ".join(_fewclue_score(mean_diff[name]) for name in names if name != baseline)
+        lines.append(f"| **FewCLUE score, paired** | {fewclue} |")
     lines += ["", f"Against {baseline}, over the tasks both ran:", ""]
     for name in names:
         if name == baseline:
@@ -143,7 +156,7 @@ def _fewclue_score(per_task: dict[str, float]) -> str:
     ran = [task for task in FEWCLUE_TASKS if task in per_task]
     if len(ran) < len(FEWCLUE_TASKS):
         return f"- ({len(ran)} of {len(FEWCLUE_TASKS)})"
-    return f"{100 * statistics.fmean(per_task[task] for task in FEWCLUE_TASKS):.1f}"
+    return points(statistics.fmean(per_task[task] for task in FEWCLUE_TASKS))
 
 
 def _paired(runs: dict, baseline: dict, task: str) -> tuple[list[float], list[float]]:

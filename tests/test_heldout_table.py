@@ -78,3 +78,20 @@ def test_tasks_limits_the_table_and_a_mean_that_rounds_to_zero_has_no_sign(tmp_p
     # differences +0.01 and -0.02 points: mean -0.005, shown as 0.0
     assert "| csl | 0.0 ± 0.0 (2) 1/1 |" in text
     assert "bustm" not in text
+
+
+def test_the_paired_fewclue_score_counts_each_task_on_the_splits_both_ran(tmp_path):
+    from scripts.heldout_table import FEWCLUE_TASKS
+
+    for task in FEWCLUE_TASKS:
+        _run(tmp_path / "base" / task / "0", task, "0", 0.5, 0.5)
+        _run(tmp_path / "base" / task / "1", task, "1", 0.9, 0.5)
+        _run(tmp_path / "new" / task / "0", task, "0", 0.6, 0.5)
+        if task != "csl":
+            _run(tmp_path / "some" / task / "0", task, "0", 0.4, 0.5)
+    text = table({name: scores(tmp_path / name, "heldout/acc") for name in ("base", "new", "some")}, "base",
+                 "heldout/acc")
+    # unpaired, base 70.0 (0.5 and 0.9 on every task) is above new's 60.0; on split 0, the one both ran, new is +10
+    # on every task; some ran 8 of the 9 tasks
+    assert "| **FewCLUE score (9 tasks)** | 70.0 | 60.0 | - (8 of 9) |" in text
+    assert "| **FewCLUE score, paired** | 10.0 | - (8 of 9) |" in text
