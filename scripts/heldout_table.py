@@ -29,7 +29,8 @@ from datamodules.tasks.task_configs import FEWCLUE_TASKS
 
 
 class Score(NamedTuple):
-    """One run's ``--metric`` (heldout/acc or test/acc), its dev accuracy (which chose the checkpoint) and its seconds (None: not timed)."""
+    """One run's ``--metric`` (heldout/acc or test/acc), its dev accuracy (which chose the checkpoint) and its
+    seconds (None: not timed)."""
 
     metric: float
     dev: float
@@ -104,8 +105,8 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
             cells.append(f"{mean_std(values)} [{100 * statistics.fmean(dev):.1f}]" if runs else "-")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     complete = [task for task in tasks if all(task in per_task[name] for name in names)]
-    lines.append(f"| **mean over {len(complete)} tasks** | " + " | ".join(
-        f"{100 * statistics.fmean(per_task[name][t] for t in complete):.1f}" if complete else "-" for name in names) + " |")
+    means = [points(statistics.fmean(per_task[name][t] for t in complete)) if complete else "-" for name in names]
+    lines.append(f"| **mean over {len(complete)} tasks** | " + " | ".join(means) + " |")
     if set(FEWCLUE_TASKS) <= set(tasks):
         fewclue = " | ".join(_fewclue_score(per_task[name]) for name in names)
         lines.append(f"| **FewCLUE score (9 tasks)** | {fewclue} |")
@@ -138,8 +139,9 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
         ahead = [t for t in shared_tasks if statistics.fmean(paired[t][0]) > statistics.fmean(paired[t][1])]
         spreads = [t for t in shared_tasks if len(paired[t][0]) > 1]
         steadier = [t for t in spreads if statistics.stdev(paired[t][0]) <= statistics.stdev(paired[t][1])]
-        lines.append(f"- {name}: ahead on the splits both ran on {len(ahead)} of {len(shared_tasks)} tasks; spread over "
-                     f"those splits at most {baseline}'s on {len(steadier)} of {len(spreads)} (tasks with 2 or more)")
+        lines.append(f"- {name}: ahead on the splits both ran on {len(ahead)} of {len(shared_tasks)} tasks; spread "
+                     f"over those splits at most {baseline}'s on {len(steadier)} of {len(spreads)} (tasks with 2 or "
+                     "more)")
     lines += ["", "Seconds per run (median over the splits; the phases in results.json's `timing`):", "",
               "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for task in tasks:
