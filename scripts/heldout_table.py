@@ -119,8 +119,7 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
         for name in names:
             if name == baseline:
                 continue
-            shared = [key for key in methods[name] if key[0] == task and key in methods[baseline]]
-            diffs = [methods[name][key].metric - methods[baseline][key].metric for key in shared]
+            diffs = [ours - theirs for ours, theirs in zip(*_paired(methods[name], methods[baseline], task))]
             ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
             cells.append(f"{mean_std(diffs)} {ahead}/{behind}" if diffs else "-")
             if diffs:
