@@ -67,6 +67,11 @@ def test_finetuning_stops_when_dev_stops_improving_after_min_updates(tmp_path, s
     best = max(range(len(accs)), key=lambda i: (accs[i], -i))  # the first epoch with the best dev accuracy
     assert len(accs) == steps // 4
     assert len(accs) - 1 - best >= 2 or len(accs) == 12  # stopped: 2 evaluations without improving (or at 48 updates)
+    results = _results(tmp_path / "run")  # the dev curve (callbacks/dev_curve.py) is the CSV's val/acc column
+    assert [point["val/acc"] for point in results["dev_curve"]] == pytest.approx(accs, abs=1e-6)
+    assert [point["epoch"] for point in results["dev_curve"]] == list(range(1, len(accs) + 1))
+    assert [point["step"] for point in results["dev_curve"]] == list(range(4, steps + 1, 4))
+    assert results["best_epoch"] == best + 1 and results["val/acc"] == pytest.approx(accs[best], abs=1e-6)
 
 
 @pytest.mark.parametrize("value", ["-1", "abc", "1.5"])
