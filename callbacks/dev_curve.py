@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class DevCurve(Callback):
-    def __init__(self, monitor: str = "val/acc") -> None:
+    def __init__(self, monitor: str) -> None:
         self.monitor = monitor
         self.curve: list[dict[str, float | int]] = []
 
