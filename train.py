@@ -46,7 +46,7 @@ from datamodules.errors import ConfigError, DataError, Interrupted, NotWritable,
 from lightning_modules.encoders.backbones import check_weight_files
 from lightning_modules.scale.devices import on_gpu
 from lightning_modules.scale.precision import resolved_precision
-from lightning_modules.scale.training_length import apply_min_updates
+from lightning_modules.scale.training_length import apply_training_length
 from lightning_modules.stages.base import StageModule
 from datamodules.runs.saved_config import compose_train_config
 from datamodules.runs import ownership
@@ -277,7 +277,7 @@ def _build(cfg: DictConfig, extra_callbacks: list | tuple, lock: Any) -> BuiltRu
     datamodule: StageData = instantiate_with(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    apply_min_updates(cfg, datamodule)
+    apply_training_length(cfg, datamodule)
     timing = {"data": time.perf_counter() - started}
 
     started = time.perf_counter()

@@ -7,7 +7,11 @@ import json
 
 import pytest
 
-from lightning_modules.scale.training_length import epochs_for, updates_per_epoch
+from omegaconf import OmegaConf
+
+from datamodules.protocol import TaskData
+from lightning_modules.scale.training_length import (apply_training_length, epochs_for, epochs_for_classes,
+                                                     updates_per_epoch)
 from tests.helpers import run_cli
 
 
@@ -29,6 +33,44 @@ def test_epochs_are_raised_only_where_they_make_too_few_updates():
     assert epochs_for(0, 4, 4) == 4
 
 
+@pytest.mark.parametrize(("rows", "classes", "epochs"), [
+    (536, 67, 10),   # csldcp: 8 rows a class, 80 presentations
+    (928, 119, 11),  # iflytek: 7.8 rows a class -> 10.3 epochs
+    (240, 15, 5),    # tnews: 16 rows a class
+    (32, 2, 5),      # eprstmt: min_updates (12 epochs) is the longer rule
+    (0, 2, 0),
+    (32, 0, 0),      # a multiple-choice task: no classes of its own
+])
+def test_epochs_that_present_each_class_80_times(rows, classes, epochs):
+    assert epochs_for_classes(80, rows, classes) == epochs
+
+
+class _Task:
+    def __init__(self, rows: int, classes: int, kind: str = "classification") -> None:
+        self.task = type("Spec", (), {"kind": kind, "labels": {str(i): str(i) for i in range(classes)}})()
+        self.train_rows, self.val_rows, self.batch_size, self.eval_batch_size = [None] * rows, [], 8, 8
+        self.stats, self.evaluation_sets, self.predict_rows = {}, (), []
+
+    def texts(self): ...
+    def connect(self, collate, collate_mlm=None): ...
+    def unlabeled_rows(self): ...
+    def set_pseudo_labelled(self, rows): ...
+
+
+@pytest.mark.parametrize(("rows", "classes", "kind", "max_epochs", "min_steps"), [
+    (536, 67, "classification", 10, 670),  # csldcp: the classes' rule raises 4 epochs to 10 (67 updates each)
+    (32, 2, "classification", 12, 48),     # eprstmt: min_updates decides (12 epochs of 4 updates)
+    (240, 15, "classification", 5, 150),   # tnews: 5 epochs of 30 updates
+    (42, 7, "multiple_choice", 8, 48),     # chid: min_updates alone (6 updates an epoch)
+])
+def test_the_longer_rule_sets_the_epochs(rows, classes, kind, max_epochs, min_steps):
+    cfg = OmegaConf.create({"min_updates": 48, "min_class_examples": 80, "trainer": {"max_epochs": 4}})
+    data = _Task(rows, classes, kind)
+    assert isinstance(data, TaskData)
+    apply_training_length(cfg, data)
+    assert (cfg.trainer.max_epochs, cfg.trainer.min_steps) == (max_epochs, min_steps)
+
+
 def _results(run_dir):
     return json.loads((run_dir / "results.json").read_text())
 
@@ -47,8 +89,15 @@ def test_fuzzy_pet_on_32_rows_trains_48_updates_unless_max_epochs_is_typed(tmp_p
     assert typed.returncode == 0, typed.stderr[-2000:]
     assert _results(tmp_path / "typed")["global_step"] == 8  # 2 epochs of 4 batches, as typed
 
-    off = run_cli(["stage=fuzzy_pet", "min_updates=0", f"hydra.run.dir={tmp_path / 'off'}", "logger=none",
-                   "trainer.limit_predict_batches=1"], tmp_path)
+    classes = run_cli(["stage=fuzzy_pet", "min_updates=0", f"hydra.run.dir={tmp_path / 'classes'}", "logger=none",
+                       "trainer.limit_predict_batches=1"], tmp_path)
+    assert classes.returncode == 0, classes.stderr[-2000:]
+    assert ("training 5 epochs, not trainer.max_epochs=4: 2 classes with 16.0 training rows each on average, "
+            "min_class_examples=80") in classes.stdout + classes.stderr
+    assert _results(tmp_path / "classes")["global_step"] == 20  # 80 presentations of 16 rows a class: 5 epochs
+
+    off = run_cli(["stage=fuzzy_pet", "min_updates=0", "min_class_examples=0", f"hydra.run.dir={tmp_path / 'off'}",
+                   "logger=none", "trainer.limit_predict_batches=1"], tmp_path)
     assert off.returncode == 0, off.stderr[-2000:]
     assert _results(tmp_path / "off")["global_step"] == 16  # the stage's 4 epochs
 
@@ -75,8 +124,9 @@ def test_finetuning_stops_when_dev_stops_improving_after_min_updates(tmp_path, s
 
 
 @pytest.mark.parametrize("value", ["-1", "abc", "1.5"])
-def test_a_bad_min_updates_is_one_line(tmp_path, shared_fewclue, value):
-    done = run_cli([f"min_updates={value}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+@pytest.mark.parametrize("key", ["min_updates", "min_class_examples"])
+def test_a_bad_count_is_one_line(tmp_path, shared_fewclue, value, key):
+    done = run_cli([f"{key}={value}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith(f"error: min_updates={value!r}".replace("'-1'", "-1")
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {key}={value!r}".replace("'-1'", "-1")
                                                           .replace("'1.5'", "1.5"))

@@ -1,10 +1,13 @@
-"""Training length in optimizer updates: ``min_updates`` (conf/train.yaml) next to ``trainer.max_epochs``.
+"""Training length beside ``trainer.max_epochs``: ``min_updates`` and ``min_class_examples`` (conf/train.yaml).
 
 A stage's epoch count alone trains a 32-row task (4 batches of 8 an epoch) for a few dozen updates and a 900-row
-task for hundreds. A run trains for at least ``min_updates`` updates: ``trainer.max_epochs`` is raised to the
-epochs they take, and ``trainer.min_steps`` holds early stopping off until then. A ``trainer.max_epochs`` typed on
-the command line is honoured as typed, and a run with ``trainer.max_steps`` set is left as it is (its length is
-already counted in updates).
+task for hundreds. A run trains for at least ``min_updates`` updates, and long enough that each class's training
+rows are presented ``min_class_examples`` times in all (epochs x the training rows per class, on average): a task
+with many classes and few rows each (csldcp: 67 classes, 8 rows each) needs more epochs than one with 16 rows a
+class. ``trainer.max_epochs`` is raised to the epochs these take, and ``trainer.min_steps`` holds early stopping
+off until then. A ``trainer.max_epochs`` typed on the command line is honoured as typed, and a run with
+``trainer.max_steps`` set is left as it is (its length is already counted in updates). Multiple-choice tasks (chid)
+have no classes of their own: only ``min_updates`` applies to them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ def epochs_for(min_updates: int, max_epochs: int, per_epoch: int) -> int:
     return max(max_epochs, math.ceil(min_updates / per_epoch))
 
 
+def epochs_for_classes(min_class_examples: int, train_rows: int, classes: int) -> int:
+    """The epochs that present each class's rows ``min_class_examples`` times (0 without rows or classes)."""
+    if not train_rows or not classes:
+        return 0
+    return math.ceil(min_class_examples * classes / train_rows)
+
+
 def typed_keys() -> set[str]:
     """The keys of this run's command-line overrides (``+``/``++``/``~`` stripped); none outside Hydra."""
     if not HydraConfig.initialized():
@@ -38,27 +48,48 @@ def typed_keys() -> set[str]:
     return {o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task}
 
 
-def apply_min_updates(cfg: DictConfig, datamodule) -> None:
-    """Raise ``cfg.trainer.max_epochs`` (and set ``min_steps``) so that the run makes ``cfg.min_updates`` updates."""
-    min_updates = cfg.get("min_updates") or 0
-    if not isinstance(min_updates, int) or isinstance(min_updates, bool) or min_updates < 0:
-        raise ConfigError(f"min_updates={min_updates!r}; allowed: an integer >= 0 (0: trainer.max_epochs alone)")
+def _count(cfg: DictConfig, key: str) -> int:
+    value = cfg.get(key) or 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{key}={value!r}; allowed: an integer >= 0 (0: trainer.max_epochs alone)")
+    return value
+
+
+def task_classes(datamodule) -> int:
+    """The classes a task's label words or head learn; 0 for a multiple-choice task (the class is a position)."""
+    task = datamodule.task
+    return 0 if task.kind == "multiple_choice" else len(task.labels)
+
+
+def apply_training_length(cfg: DictConfig, datamodule) -> None:
+    """Raise ``cfg.trainer.max_epochs`` (and set ``min_steps``) so that the run makes ``cfg.min_updates`` updates and
+    presents each class's rows ``cfg.min_class_examples`` times."""
+    min_updates, min_class_examples = _count(cfg, "min_updates"), _count(cfg, "min_class_examples")
     trainer = cfg.trainer
     max_epochs = trainer.get("max_epochs")
-    if not min_updates or not isinstance(datamodule, TaskData) or (trainer.get("max_steps") or -1) > 0:
+    if not (min_updates or min_class_examples) or not isinstance(datamodule, TaskData) or (
+            trainer.get("max_steps") or -1) > 0:
         return
     if "trainer.max_epochs" in typed_keys():
-        log.info("trainer.max_epochs=%s as given on the command line (min_updates=%d not applied)", max_epochs, min_updates)
+        log.info("trainer.max_epochs=%s as given on the command line (min_updates=%d, min_class_examples=%d not "
+                 "applied)", max_epochs, min_updates, min_class_examples)
         return
     if not max_epochs or max_epochs < 0:
         return  # zero-shot (0) or unbounded (-1): nothing to raise
-    per_epoch = updates_per_epoch(len(datamodule.train_rows), datamodule.batch_size,
-                                  int(trainer.get("accumulate_grad_batches") or 1))
-    epochs = epochs_for(min_updates, max_epochs, per_epoch)
+    rows, classes = len(datamodule.train_rows), task_classes(datamodule)
+    per_epoch = updates_per_epoch(rows, datamodule.batch_size, int(trainer.get("accumulate_grad_batches") or 1))
+    by_updates = epochs_for(min_updates, max_epochs, per_epoch)
+    by_classes = epochs_for_classes(min_class_examples, rows, classes)
+    epochs = max(by_updates, by_classes)
     with open_dict(cfg):
-        trainer.min_steps = min_updates
+        trainer.min_steps = max(min_updates, by_classes * per_epoch)
         if epochs > max_epochs:
             trainer.max_epochs = epochs
-    if epochs > max_epochs:
+    if epochs <= max_epochs:
+        return
+    if by_classes >= by_updates:
+        log.info("training %d epochs, not trainer.max_epochs=%d: %d classes with %.1f training rows each on average, "
+                 "min_class_examples=%d", epochs, max_epochs, classes, rows / classes, min_class_examples)
+    else:
         log.info("training %d epochs, not trainer.max_epochs=%d: %d updates an epoch, min_updates=%d",
                  epochs, max_epochs, per_epoch, min_updates)
