@@ -22,7 +22,7 @@ def test_means_stds_and_paired_differences_by_hand(tmp_path):
                  "base", "heldout/acc")
     # base 60.0 ± 10.0, new 63.3 ± 10.4; differences +10, +5, -5: mean 3.3, std 7.6, 2 ahead, 1 behind
     assert "| eprstmt | 60.0 ± 10.0 (3) [90.0] | 63.3 ± 10.4 (3) [80.0] |" in text
-    assert "| **mean over 1 tasks** | 60.0 | 63.3 |" in text
+    assert "| **mean over 1 task** | 60.0 | 63.3 |" in text
     assert "| eprstmt | 3.3 ± 7.6 (3) 2/1 |" in text
     assert "| bustm | - | 50.0 ± 0.0 (1) [50.0] |" in text
 
