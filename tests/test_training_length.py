@@ -79,7 +79,8 @@ def test_fuzzy_pet_on_32_rows_trains_48_updates_unless_max_epochs_is_typed(tmp_p
     default = run_cli(["stage=fuzzy_pet", f"hydra.run.dir={tmp_path / 'default'}", "logger=none",
                        "trainer.limit_predict_batches=1"], tmp_path)
     assert default.returncode == 0, default.stderr[-2000:]
-    assert "training 12 epochs, not trainer.max_epochs=4: 4 updates an epoch, min_updates=48" in default.stdout + default.stderr
+    printed = default.stdout + default.stderr
+    assert "training 12 epochs, not trainer.max_epochs=4: 4 updates an epoch, min_updates=48" in printed
     assert _results(tmp_path / "default")["global_step"] == 48
     saved = (tmp_path / "default" / "config.yaml").read_text()
     assert "max_epochs: 12" in saved and "min_steps: 48" in saved
@@ -93,7 +94,8 @@ def test_fuzzy_pet_on_32_rows_trains_48_updates_unless_max_epochs_is_typed(tmp_p
                        "trainer.limit_predict_batches=1"], tmp_path)
     assert classes.returncode == 0, classes.stderr[-2000:]
     assert ("training 5 epochs, not trainer.max_epochs=4: 2 classes with 16.0 training rows each on average, "
-            "min_class_examples=80") in classes.stdout + classes.stderr
+            "min_class_examples=80 (trainer.max_epochs typed on the command line is kept)") in (
+        classes.stdout + classes.stderr)
     assert _results(tmp_path / "classes")["global_step"] == 20  # 80 presentations of 16 rows a class: 5 epochs
 
     off = run_cli(["stage=fuzzy_pet", "min_updates=0", "min_class_examples=0", f"hydra.run.dir={tmp_path / 'off'}",

@@ -88,8 +88,9 @@ def apply_training_length(cfg: DictConfig, datamodule) -> None:
     if epochs <= max_epochs:
         return
     if by_classes >= by_updates:
-        log.info("training %d epochs, not trainer.max_epochs=%d: %d classes with %.1f training rows each on average, "
-                 "min_class_examples=%d", epochs, max_epochs, classes, rows / classes, min_class_examples)
+        why = (f"{classes} classes with {rows / classes:.1f} training rows each on average, "
+               f"min_class_examples={min_class_examples}")
     else:
-        log.info("training %d epochs, not trainer.max_epochs=%d: %d updates an epoch, min_updates=%d",
-                 epochs, max_epochs, per_epoch, min_updates)
+        why = f"{per_epoch} updates an epoch, min_updates={min_updates}"
+    log.info("training %d epochs, not trainer.max_epochs=%d: %s (trainer.max_epochs typed on the command line is "
+             "kept)", epochs, max_epochs, why)
