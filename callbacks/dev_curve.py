@@ -2,8 +2,7 @@
 
 The selected checkpoint is the best dev evaluation. When that is the run's last evaluation, dev accuracy was still
 rising when training ended and the run may be too short for the task: one warning line says so and names the
-setting. The curve is kept in ``last.ckpt``, so a resumed
-run reports the evaluations before the interruption too.
+setting. The curve is kept in ``last.ckpt``, so a resumed run reports the evaluations before the interruption too.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def test_epochs_that_present_each_class_80_times(rows, classes, epochs):
 
 class _Task:
     def __init__(self, rows: int, classes: int, kind: str = "classification") -> None:
-        self.task = type("Spec", (), {"kind": kind, "labels": {str(i): str(i) for i in range(classes)}})()
+        self.task = type("Spec", (), {"kind": kind, "num_classes": classes})()
         self.train_rows, self.val_rows, self.batch_size, self.eval_batch_size = [None] * rows, [], 8, 8
         self.stats, self.evaluation_sets, self.predict_rows = {}, (), []
 

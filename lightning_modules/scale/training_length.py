@@ -58,7 +58,7 @@ def _count(cfg: DictConfig, key: str) -> int:
 def task_classes(datamodule) -> int:
     """The classes a task's label words or head learn; 0 for a multiple-choice task (the class is a position)."""
     task = datamodule.task
-    return 0 if task.kind == "multiple_choice" else len(task.labels)
+    return 0 if task.kind == "multiple_choice" else task.num_classes
 
 
 def apply_training_length(cfg: DictConfig, datamodule) -> None:
