@@ -105,9 +105,10 @@ def table(methods: dict[str, dict], baseline: str, metric: str) -> str:
             cells.append(f"{mean_std(values)} [{100 * statistics.fmean(dev):.1f}]" if runs else "-")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     complete = [task for task in tasks if all(task in per_task[name] for name in names)]
-    means = [points(statistics.fmean(per_task[name][t] for t in complete)) if complete else "-" for name in names]
-    over = f"{len(complete)} task{'' if len(complete) == 1 else 's'}"
-    lines.append(f"| **mean over {over}** | " + " | ".join(means) + " |")
+    if complete:  # no row when no task has a cell in every column
+        means = [points(statistics.fmean(per_task[name][t] for t in complete)) for name in names]
+        over = f"{len(complete)} task{'' if len(complete) == 1 else 's'}"
+        lines.append(f"| **mean over {over}** | " + " | ".join(means) + " |")
     if set(FEWCLUE_TASKS) <= set(tasks):
         fewclue = " | ".join(_fewclue_score(per_task[name]) for name in names)
         lines.append(f"| **FewCLUE score (9 tasks)** | {fewclue} |")

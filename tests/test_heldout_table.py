@@ -27,6 +27,14 @@ def test_means_stds_and_paired_differences_by_hand(tmp_path):
     assert "| bustm | - | 50.0 ± 0.0 (1) [50.0] |" in text
 
 
+def test_no_mean_row_when_no_task_has_every_column(tmp_path):
+    _run(tmp_path / "base" / "0", "eprstmt", "0", 0.5, 0.5)
+    _run(tmp_path / "new" / "0", "bustm", "0", 0.6, 0.6)
+    text = table({"base": scores(tmp_path / "base", "heldout/acc"), "new": scores(tmp_path / "new", "heldout/acc")},
+                 "base", "heldout/acc")
+    assert "| eprstmt | 50.0 ± 0.0 (1) [50.0] | - |" in text and "mean over" not in text
+
+
 def test_folders_joined_by_plus_are_averaged_per_split_and_by_comma_unioned(tmp_path):
     from scripts.heldout_table import method_scores
 
