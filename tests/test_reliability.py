@@ -147,10 +147,15 @@ def straight_and_killed(tmp_path: Path, common: list[str]) -> Path:
 def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, shared_fewclue):
     common = [*RESUMABLE, f"data.data_dir={shared_fewclue}"]
     last = straight_and_killed(tmp_path, common)
+    saved = torch.load(last, map_location="cpu", weights_only=False)["callbacks"]["PhaseTimes"]["seconds"]
     resumed = run_cli([*common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path}/resumed"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # The run continues in its own folder: the best checkpoint so far and the results stay together.
     assert outcome(tmp_path / "killed") == outcome(tmp_path / "straight")
+    # Its timing counts the killed process's seconds up to last.ckpt too.
+    timing = json.loads((tmp_path / "killed" / "results.json").read_text())["timing"]
+    assert saved["train"] > 0 and timing["validate"] >= saved["validate"]
+    assert timing["train"] + timing["validate"] >= saved["train"]
 
 
 @pytest.mark.parametrize(("strategy", "signum", "code"), [("zero2", signal.SIGTERM, 143), ("auto", signal.SIGINT, 130)])
