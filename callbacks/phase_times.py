@@ -79,7 +79,6 @@ class PhaseTimes(Callback):
 
     def report(self, trainer: Trainer) -> dict[str, float]:
         """Seconds by phase, rounded; validation inside an epoch is counted once, under ``validate``."""
-        self._checkpoint_io = trainer.strategy.checkpoint_io
         seconds = self._totals()
         # Lightning validates inside the training epoch (before on_train_epoch_end); checkpoint callbacks run after.
         if "train" in seconds:
