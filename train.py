@@ -101,6 +101,9 @@ def check_config(cfg: DictConfig) -> None:
         value = cfg.data.get(key)
         if value is not None and (not _integer(value) or value < 1):
             raise ConfigError(f"data.{key}={value!r}; allowed: an integer >= 1")
+    workers = cfg.data.get("num_workers")
+    if workers is not None and (not _integer(workers) or workers < 0):
+        raise ConfigError(f"data.num_workers={workers!r}; allowed: an integer >= 0 (0: load in the main process)")
     unlabeled = cfg.data.get("max_unlabeled")
     if unlabeled is not None and (not _integer(unlabeled) or unlabeled < 1):
         raise ConfigError(f"data.max_unlabeled={unlabeled!r}; allowed: an integer >= 1, or null for every row")
@@ -151,6 +154,9 @@ def check_trainer(trainer: DictConfig) -> None:
         value = trainer.get(key)
         if value is not None and (not _integer(value) or value < -1):
             raise ConfigError(f"trainer.{key}={value!r}; allowed: an integer >= 0, or -1 for no limit")
+    accumulate = trainer.get("accumulate_grad_batches")
+    if accumulate is not None and (not _integer(accumulate) or accumulate < 1):
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r}; allowed: an integer >= 1")
     devices = trainer.get("devices")
     if not (devices == "auto" or (_integer(devices) and (devices >= 1 or devices == -1)) or OmegaConf.is_list(devices)):
         raise ConfigError(f"trainer.devices={devices!r}; allowed: an integer >= 1, -1 (all), auto, or a list of ids")

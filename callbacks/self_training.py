@@ -63,6 +63,12 @@ class SelfTraining(Callback):
             print(f"task {name} has no unlabeled data; self-training skipped")
             self._record(pl_module, {"skipped": "no unlabeled data"})
             return
+        needed = self.rounds * self.epochs_per_round + 1  # each round is followed by an epoch on its pseudo-labels
+        if trainer.max_epochs not in (None, -1) and trainer.max_epochs < needed:
+            raise ConfigError(
+                f"callbacks.self_training.rounds={self.rounds} with epochs_per_round={self.epochs_per_round} needs "
+                f"trainer.max_epochs >= {needed} (an epoch after the last round); this run trains {trainer.max_epochs}"
+            )
         log.info("self-training: %d rounds over %d unlabeled rows", self.rounds, len(self.unlabeled))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: StageModule) -> None:

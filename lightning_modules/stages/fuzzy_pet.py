@@ -113,8 +113,9 @@ class FuzzyPetModule(StageModule):
             raise ConfigError(f"stage.objective={objective!r}; allowed: {list(OBJECTIVES)}")
         if not task.patterns:
             raise ConfigError(f"task {task.name!r}: task.patterns is empty; give at least one pattern with {{mask}}")
-        if not 0 <= pattern < len(task.patterns):
-            raise ConfigError(f"stage.pattern={pattern}; allowed: 0..{len(task.patterns) - 1} (task.patterns of {task.name})")
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or not 0 <= pattern < len(task.patterns):
+            raise ConfigError(f"stage.pattern={pattern!r}; allowed: 0..{len(task.patterns) - 1} "
+                              f"(task.patterns of {task.name})")
         self.task = task
         self.verbalizer_name, chosen_sets = verbalizer_choice(verbalizer)
         self.aggregation = aggregation
