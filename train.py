@@ -112,6 +112,9 @@ def check_config(cfg: DictConfig) -> None:
         if value is not None and (not _integer(value) or value < MIN_LENGTH):
             raise ConfigError(f"stage.{key}={value!r}; allowed: an integer >= {MIN_LENGTH} (tokens per input)")
     check_trainer(cfg.trainer)
+    check_data = getattr(get_class(cfg.data._target_), "check_settings", None) if "_target_" in cfg.data else None
+    if check_data is not None:
+        check_data(cfg.data)
     if (cfg.trainer.get("max_epochs") == 0 or cfg.trainer.get("max_steps") == 0) and not get_class(cfg.stage._target_).zero_shot:
         raise ConfigError(
             f"trainer.max_epochs=0 / max_steps=0 with stage={chosen_option('stage') or cfg.stage._target_} would "

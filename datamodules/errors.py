@@ -29,11 +29,16 @@ class Interrupted(Exception):
 
 def one_line(err: Exception) -> str:
     """A user error as one line: a DataError listing several bad rows (``read_rows``) gives its first row's message,
-    then the other rows' line numbers; any other message's lines are joined."""
+    then the other rows' line numbers; any other message's lines are joined. A list that stopped at its first N bad
+    rows says so ("and at least N-1 more"), so that N is not read as the file's total."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if not lines or not re.match(r"\d+ bad row\(s\) in ", lines[0]):
         return "; ".join(lines)
     if len(lines) <= 2:
         return lines[-1]
     rest = [line.split(": ", 1)[0].rsplit(":", 1)[-1] for line in lines[2:]]
+    stopped = re.search(r"\(stopped at the first (\d+)\)", lines[0])
+    if stopped:
+        return (f"{lines[1]} (and at least {len(rest)} more bad row(s), line(s) {', '.join(rest)}; "
+                f"stopped at the first {stopped.group(1)})")
     return f"{lines[1]} (and {len(rest)} more bad row(s), line(s) {', '.join(rest)})"

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from datamodules.tasks.rows import read_rows
-from datamodules.errors import DataError
+from datamodules.errors import DataError, one_line
 from tests.conftest import TASKS
 from tests.test_fewclue_rows import corrupt_line, eprstmt_copy, line_count, load_task  # noqa: F401 (fixture)
 
@@ -98,7 +98,8 @@ def test_a_labelled_file_may_repeat_ids_and_the_log_says_so_once(shared_fewclue,
 
 
 @pytest.mark.parametrize(("value", "shown"), [("null", "null"), ('""', "an empty text"), ('"  "', "an empty text"),
-                                              ("3", "int 3"), ('{"a": 1}', "dict {'a': 1}")])
+                                              ("3", "int 3"), ('{"a": 1}', "dict {'a': 1}"),
+                                              ('["好", "差"]', "list ['好', '差']")])  # lists: csl's keyword only
 def test_a_text_that_is_not_a_nonempty_string_names_file_line_and_field(value, shown, eprstmt_copy):
     path = eprstmt_copy / "test.json"
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -120,6 +121,25 @@ def test_duplicate_ids_are_listed_with_the_other_errors(eprstmt_copy):
     assert message.startswith(f"2 bad row(s) in {path}:")
     assert f"{path}:3: malformed JSON" in message
     assert f"{path}:5: duplicate id 1 (first on line 2)" in message
+
+
+def test_more_than_20_bad_rows_say_in_one_line_that_the_list_stopped(eprstmt_copy):
+    path = eprstmt_copy / "train_0.json"
+    good = path.read_text(encoding="utf-8")
+    for line_number in range(2, 26):  # 24 bad rows: the first 20 are listed
+        corrupt_line(path, line_number, "{broken")
+    with pytest.raises(DataError) as err:
+        read_rows(load_task("eprstmt"), path, labelled=True)
+    assert str(err.value).startswith(f"20 bad row(s) in {path} (stopped at the first 20):")
+    assert one_line(err.value) == (f"{path}:2: malformed JSON (Expecting property name enclosed in double quotes at "
+                                   f"column 2) (and at least 19 more bad row(s), line(s) "
+                                   f"{', '.join(map(str, range(3, 22)))}; stopped at the first 20)")
+    path.write_text(good, encoding="utf-8")
+    for line_number in (2, 23, 24, 25):
+        corrupt_line(path, line_number, "{broken")
+    with pytest.raises(DataError) as err:
+        read_rows(load_task("eprstmt"), path, labelled=True)
+    assert one_line(err.value).endswith("(and 3 more bad row(s), line(s) 23, 24, 25)")  # all of them: an exact count
 
 
 def test_id_that_is_not_an_integer_or_string_is_an_error(eprstmt_copy):

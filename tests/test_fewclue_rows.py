@@ -85,6 +85,37 @@ def test_malformed_json_names_file_and_line(eprstmt_copy):
         read_rows(load_task("eprstmt"), path, labelled=True)
 
 
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_file_that_is_one_json_array_says_so_in_one_line(indent, eprstmt_copy):
+    """JSON lines are read one object per line: an array of the same rows, on one line or pretty-printed, is refused
+    with one line saying what the file is, not as 20 malformed lines."""
+    path = eprstmt_copy / "train_0.json"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    path.write_text("\n" + json.dumps(rows, ensure_ascii=False, indent=indent) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_rows(load_task("eprstmt"), path, labelled=True)
+    assert str(err.value) == (f"1 bad row(s) in {path}:\n  {path}:2: the file is one JSON array; .json/.jsonl files "
+                              "are read as JSON lines (one object per line, no enclosing [ ])")
+    path.write_text('["a", 1]\n["b", 2]\n', encoding="utf-8")  # JSON lines that are arrays: each line says so
+    with pytest.raises(DataError) as err:
+        read_rows(load_task("eprstmt"), path, labelled=True)
+    assert f"{path}:1: expected a JSON object, got list" in str(err.value) and f"{path}:2:" in str(err.value)
+
+
+def test_csl_keywords_are_a_list_joined_and_a_list_in_another_field_is_an_error(shared_fewclue, tmp_path):
+    path = tmp_path / "train_0.json"
+    shutil.copy(shared_fewclue / "csl" / "train_0.json", path)
+    path.chmod(0o644)
+    raw = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    row = read_rows(load_task("csl"), path, labelled=True)[0]
+    assert isinstance(raw["keyword"], list) and row.fields["keyword"] == "，".join(raw["keyword"])
+    raw["abst"] = ["第一段。", "第二段。"]
+    corrupt_line(path, 1, json.dumps(raw, ensure_ascii=False))
+    with pytest.raises(DataError) as err:
+        read_rows(load_task("csl"), path, labelled=True)
+    assert f"{path}:1: field 'abst': list ['第一段。', '第二段。']; a text (a string) is needed" in str(err.value)
+
+
 def test_missing_field_names_file_line_and_field(eprstmt_copy):
     path = eprstmt_copy / "train_0.json"
     row = json.loads(path.read_text(encoding="utf-8").splitlines()[2])

@@ -149,6 +149,9 @@ def test_csv_quotes_multiline_cells_line_ids_and_bad_cells(tmp_path):
         read_rows(task, unterminated, labelled=True)
     assert (f"{unterminated}:3: field 'review': a quote opened on this line closes only on line 5, so lines 3-5 "
             "read as one row") in str(err.value)
+    long = tmp_path / "long.csv"  # a cell over the csv module's default limit (131,072 characters), as in JSON lines
+    long.write_text(f"review,rating\n\"{'好' * 300_000}\",good\n", encoding="utf-8")
+    assert len(read_rows(task, long, labelled=True, line_ids=True)[0].fields["review"]) == 300_000
     gbk = tmp_path / "gbk.csv"
     gbk.write_bytes("review,rating\n好,good\n".encode("gbk"))
     with pytest.raises(DataError, match=r"gbk.csv:2: not UTF-8 text \(byte 0xba at byte 1 of the line"):
@@ -184,3 +187,42 @@ def test_k_shot_larger_than_a_class_is_a_config_error_naming_the_key(tmp_path):
         files_datamodule(tmp_path / "run", "data.shots=13")
     with pytest.raises(ConfigError, match=r"data.dev_shots=0; allowed: an integer >= 1, or null"):
         files_datamodule(tmp_path / "run", "data.dev_shots=0")
+    only_good = tmp_path / "only_good.csv"
+    only_good.write_text("".join(line for line in (DATA / "train.csv").read_text(encoding="utf-8").splitlines(True)
+                                 if not line.rstrip().endswith(",bad")), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        files_datamodule(tmp_path / "run", f"data.train={only_good}", "data.shots=4")
+    assert str(err.value) == (f"data.shots=4: {only_good} has no row of class 'bad'; data.shots draws 4 row(s) of "
+                              "every class: add such rows, or data.shots=null (every row)")
+
+
+# -- rows that make training or selection quietly meaningless: one warning line each -----------------------
+
+def warnings_of(caplog, run_dir: Path, *overrides: str) -> list[str]:
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="datamodules.tasks.files"):
+        files_datamodule(run_dir, *overrides)
+    return [r.getMessage() for r in caplog.records if r.name == "datamodules.tasks.files"]
+
+
+def test_a_class_without_rows_and_dev_rows_that_are_training_rows_each_warn_in_one_line(tmp_path, caplog):
+    assert warnings_of(caplog, tmp_path / "example") == []  # the example: both classes in both files, no overlap
+    only_good = tmp_path / "only_good.csv"
+    only_good.write_text("".join(line for line in (DATA / "train.csv").read_text(encoding="utf-8").splitlines(True)
+                                 if not line.rstrip().endswith(",bad")), encoding="utf-8")
+    assert warnings_of(caplog, tmp_path / "train", f"data.train={only_good}") == [
+        f"data.train={only_good} has no row of class 'bad'; the run trains on the other classes only"]
+    dev_good = tmp_path / "dev_good.jsonl"
+    dev_good.write_text("".join(line for line in (DATA / "dev.jsonl").read_text(encoding="utf-8").splitlines(True)
+                                if '"good"' in line), encoding="utf-8")
+    assert warnings_of(caplog, tmp_path / "dev", f"data.dev={dev_good}") == [
+        f"data.dev={dev_good} has no row of class 'bad'; val/acc, which selects the checkpoint, never tests it "
+        "(every row is 'good': predicting 'good' for every row scores val/acc 1.0)"]
+    dev = DATA / "dev.jsonl"
+    assert warnings_of(caplog, tmp_path / "same", f"data.train={dev}") == [
+        f"data.dev={dev}: 8 of its 8 row(s) repeat a text of data.train={dev} (the same file); val/acc, which selects "
+        "the checkpoint, is partly measured on rows the run trains on"]
+    # with k-shot sampling, only the drawn training rows count: 2 per class of dev.jsonl's 8 rows
+    assert warnings_of(caplog, tmp_path / "shots", f"data.train={dev}", "data.shots=2") == [
+        f"data.dev={dev}: 4 of its 8 row(s) repeat a text of data.train={dev} (the same file); val/acc, which selects "
+        "the checkpoint, is partly measured on rows the run trains on"]

@@ -245,6 +245,20 @@ def test_a_bad_job_of_a_multirun_is_one_line_naming_its_overrides_before_any_job
     assert not (tmp_path / "sweep").exists()  # no job ran
 
 
+def test_a_refused_sampling_value_of_own_data_stops_the_sweep_before_any_job_runs(tmp_path):
+    example = ROOT / "examples" / "my_task"
+    own = [f"hydra.searchpath=[file://{example}/conf]", "task=reviews", "data=files",
+           f"data.train={example}/data/train.csv", f"data.dev={example}/data/dev.jsonl"]
+    done = run_cli(["-m", *own, "data.shots=4,0", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = one_error_line(done)
+    assert line.startswith("error: job 1 (") and line.endswith(
+        "data.shots=0; allowed: an integer >= 1, or null for every row")
+    assert not (tmp_path / "sweep").exists()  # no job ran
+    missing = run_cli(["-m", *own, "data.test=null,nope.csv", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    assert one_error_line(missing).endswith("data.test=nope.csv: no such file")
+
+
 def test_a_job_that_fails_while_running_names_its_overrides(tmp_path, shared_fewclue):
     data = tmp_path / "data"
     shutil.copytree(shared_fewclue / "eprstmt", data / "eprstmt")

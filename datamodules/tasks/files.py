@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from datamodules.tasks.fewclue import TaskRowsDataModule
 from datamodules.tasks.rows import Row, file_format, read_rows
@@ -48,15 +50,17 @@ class FilesDataModule(TaskRowsDataModule):
         seed: int,
     ) -> None:
         super().__init__(task, batch_size, eval_batch_size, num_workers, max_unlabeled, mlm_batch_size, heldout_max, seed)
-        self.files = {key: _checked_file(key, value) for key, value in
-                      (("train", train), ("dev", dev), ("test", test), ("predict", predict), ("unlabeled", unlabeled))}
-        self.shots = _checked_count("shots", shots)
-        self.dev_shots = _checked_count("dev_shots", dev_shots)
-        if isinstance(sample_seed, bool) or not isinstance(sample_seed, int):
-            raise ConfigError(f"data.sample_seed={sample_seed!r}; allowed: an integer")
-        self.sample_seed = sample_seed
+        self.files = _checked_files(train=train, dev=dev, test=test, predict=predict, unlabeled=unlabeled)
+        self.shots, self.dev_shots, self.sample_seed = _checked_sampling(shots, dev_shots, sample_seed)
         self.ids_file = Path(ids_file)
         self._ready = False
+
+    @staticmethod
+    def check_settings(data: Mapping[str, Any]) -> None:
+        """The files and sampling values a run would refuse, checked from the config alone (a sweep's preflight
+        checks every job with it before the first one trains)."""
+        _checked_files(**{key: data.get(key) for key in FILE_KEYS})
+        _checked_sampling(data.get("shots"), data.get("dev_shots"), data.get("sample_seed", 0))
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
@@ -67,6 +71,8 @@ class FilesDataModule(TaskRowsDataModule):
         self.labelled_rows = self._sample(train, "train", self.shots)
         self.train_rows = list(self.labelled_rows)
         self.val_rows = self._sample(dev, "dev", self.dev_shots)
+        self._warn_unseen_classes()
+        self._warn_dev_in_train()
         self.test_rows = self._read("test", labelled=True) if files["test"] else None
         self.test_set = str(files["test"]) if files["test"] else None
         self.predict_rows = self._read("predict", labelled=False) if files["predict"] else []
@@ -103,21 +109,61 @@ class FilesDataModule(TaskRowsDataModule):
         if shots is None:
             return rows
         setting = "shots" if key == "train" else "dev_shots"
+        counts = self._class_counts(rows)
+        absent = [self._class_name(c) for c, n in enumerate(counts) if n == 0]
+        if absent:
+            raise ConfigError(
+                f"data.{setting}={shots}: {self.files[key]} has no row of {_names(absent)}; data.{setting} "
+                f"draws {shots} row(s) of every class: add such rows, or data.{setting}=null (every row)"
+            )
         rng = random.Random(f"{self.sample_seed}:{key}")
         chosen: list[int] = []
         for label in range(self.task.num_classes):
             members = [i for i, row in enumerate(rows) if row.label == label]
             if len(members) < shots:
-                name = self.task.label_list[label] if self.task.label_list else str(label)
                 raise ConfigError(
-                    f"data.{setting}={shots}: {self.files[key]} has {len(members)} row(s) of class {name!r}; "
-                    f"allowed: at most {min(self._class_counts(rows))} (the rarest class), or null for every row"
+                    f"data.{setting}={shots}: {self.files[key]} has {len(members)} row(s) of class "
+                    f"{self._class_name(label)!r}; allowed: at most {min(counts)} (the rarest class), or null for "
+                    f"every row"
                 )
             chosen += rng.sample(members, shots)
         return [rows[i] for i in sorted(chosen)]
 
     def _class_counts(self, rows: list[Row]) -> list[int]:
         return [sum(row.label == c for row in rows) for c in range(self.task.num_classes)]
+
+    def _class_name(self, label: int) -> str:
+        return self.task.label_list[label] if self.task.label_list else str(label)
+
+    # -- what would make training or selection quietly meaningless --------------------------------------------
+    def _warn_unseen_classes(self) -> None:
+        """One line per file whose rows lack a class (data.shots/dev_shots refuse that outright): training on the
+        other classes only, or selecting the checkpoint on a dev set that cannot test a class."""
+        if self.task.kind == "multiple_choice":
+            return  # the classes are candidate positions
+        for key, rows, effect in (
+            ("train", self.labelled_rows, "the run trains on the other classes only"),
+            ("dev", self.val_rows, "val/acc, which selects the checkpoint, never tests it"),
+        ):
+            counts = self._class_counts(rows)
+            absent = [self._class_name(c) for c, n in enumerate(counts) if n == 0]
+            if not absent:
+                continue
+            present = [self._class_name(c) for c, n in enumerate(counts) if n]
+            alone = (f" (every row is {present[0]!r}: predicting {present[0]!r} for every row scores val/acc 1.0)"
+                     if key == "dev" and len(present) == 1 else "")
+            log.warning("data.%s=%s has no row of %s; %s%s", key, self.files[key], _names(absent), effect, alone)
+
+    def _warn_dev_in_train(self) -> None:
+        """One line when dev rows are training rows (the same text, compared as ``held_out`` does): val/acc then
+        selects the checkpoint partly on rows it trained on."""
+        training = {self._text_of(row) for row in self.labelled_rows}
+        repeated = sum(self._text_of(row) in training for row in self.val_rows)
+        if repeated:
+            same = " (the same file)" if self.files["train"] == self.files["dev"] else ""
+            log.warning("data.dev=%s: %d of its %d row(s) repeat a text of data.train=%s%s; val/acc, which selects "
+                        "the checkpoint, is partly measured on rows the run trains on",
+                        self.files["dev"], repeated, len(self.val_rows), self.files["train"], same)
 
     def _write_ids(self, train: list[Row], dev: list[Row]) -> None:
         """The drawn ids, by split, so that a k-shot run can be repeated and compared (data.ids_file)."""
@@ -139,6 +185,19 @@ class FilesDataModule(TaskRowsDataModule):
             self.stats.setdefault("data/line_number_ids", {}).update(counts)
 
 
+FILE_KEYS = ("train", "dev", "test", "predict", "unlabeled")
+
+
+def _checked_files(**files: str | None) -> dict[str, Path | None]:
+    return {key: _checked_file(key, files[key]) for key in FILE_KEYS}
+
+
+def _checked_sampling(shots: Any, dev_shots: Any, sample_seed: Any) -> tuple[int | None, int | None, int]:
+    if isinstance(sample_seed, bool) or not isinstance(sample_seed, int):
+        raise ConfigError(f"data.sample_seed={sample_seed!r}; allowed: an integer")
+    return _checked_count("shots", shots), _checked_count("dev_shots", dev_shots), sample_seed
+
+
 def _checked_file(key: str, value: str | None) -> Path | None:
     if value is None:
         return None
@@ -150,6 +209,11 @@ def _checked_file(key: str, value: str | None) -> Path | None:
     except ValueError as err:
         raise ConfigError(f"data.{key}={value}: {str(err).split(': ', 1)[1]}") from None
     return path
+
+
+def _names(classes: list[str]) -> str:
+    """``class 'bad'``, ``classes 'a', 'b'``."""
+    return ("class " if len(classes) == 1 else "classes ") + ", ".join(repr(name) for name in classes)
 
 
 def _checked_count(key: str, value: int | None) -> int | None:

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +43,9 @@ class Row:
     id_from_line: bool = False
 
 
-def _text(value: Any, name: str, where: str) -> str:
-    """A text field's value: a non-empty string (csl's keyword field: a list of keywords, joined)."""
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+def _text(value: Any, name: str, where: str, is_list: bool = False) -> str:
+    """A text field's value: a non-empty string; in a list field (``list_fields``), a list of strings, joined."""
+    if is_list and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         value = "，".join(value)
     if not isinstance(value, str):
         shown = "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
@@ -84,10 +85,11 @@ def _parse_row(task: TaskSpec, raw: dict, path: Path, line: int, labelled: bool,
     if isinstance(row_id, bool) or not isinstance(row_id, (int, str)):
         raise DataError(f"{where}: field {id_field!r}: the row id must be an integer or a string, got {row_id!r}")
     fields: dict[str, Any] = {}
+    lists = tuple(task.list_fields)
     for name in task.text_fields:
         if name not in raw:
             raise DataError(f"{where}: missing field {name!r}; row has {sorted(raw)}")
-        fields[name] = _text(raw[name], name, where)
+        fields[name] = _text(raw[name], name, where, is_list=name in lists)
     if task.kind == "span_pair":
         target = raw.get("target")
         if not isinstance(target, dict):
@@ -207,8 +209,27 @@ def _not_utf8(path: Path, line_number: int, line: bytes, column: int, reason: st
             f"of the line: {reason}); the file must be UTF-8")
 
 
+def _one_array(data: bytes, first: bytes) -> bool:
+    """Whether the file is one JSON array (``[{...}, ...]``, on one line or pretty-printed) rather than JSON lines;
+    ``first``: its first non-blank line."""
+    if not first.lstrip().startswith(b"["):
+        return False
+    if first.strip() == b"[":
+        return True  # a pretty-printed array, even one with a mistake further down
+    try:
+        return isinstance(json.loads(data.decode("utf-8")), list)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False  # JSON lines whose rows are arrays: each line says so
+
+
 def _json_records(path: Path, data: bytes) -> Iterator[Record]:
-    for line_number, line in enumerate(data.splitlines(), start=1):
+    lines = data.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is not None and _one_array(data, lines[first]):
+        yield first + 1, None, (f"{path}:{first + 1}: the file is one JSON array; .json/.jsonl files are read as "
+                                f"JSON lines (one object per line, no enclosing [ ])")
+        return
+    for line_number, line in enumerate(lines, start=1):
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -232,6 +253,14 @@ def _merged_rows(cells: list[str], delimiter: str, columns: int) -> int | None:
     return None
 
 
+def _lift_field_limit() -> None:
+    """A cell as long as a JSON line's text: the csv module refuses cells over 131,072 characters by default."""
+    try:
+        csv.field_size_limit(sys.maxsize)
+    except OverflowError:  # a C long of 32 bits (Windows)
+        csv.field_size_limit(2**31 - 1)
+
+
 def _table_records(path: Path, data: bytes, task: TaskSpec, labelled: bool, fmt: str) -> Iterator[Record]:
     """Rows of a csv/tsv file with a header, as {column: cell} (an empty id or label cell is a missing value).
     The header must name the task's text fields (and its label field, for a labelled file)."""
@@ -242,6 +271,7 @@ def _table_records(path: Path, data: bytes, task: TaskSpec, labelled: bool, fmt:
         line_number = data.count(b"\n", 0, err.start) + 1
         yield line_number, None, _not_utf8(path, line_number, data[start:], err.start - start, err.reason)
         return
+    _lift_field_limit()
     options = {"delimiter": ","} if fmt == "csv" else {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
     reader = csv.reader(io.StringIO(text, newline=""), **options)
     try:

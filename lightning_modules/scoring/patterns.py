@@ -27,7 +27,7 @@ class Segment:
 
 
 def parse_pattern(template: str, allowed_fields: list[str], where: str = "pattern") -> list[Segment]:
-    """Split a pattern into literal text, field placeholders and exactly one mask slot."""
+    """Split a pattern into literal text, field placeholders (at least one) and exactly one mask slot."""
     segments: list[Segment] = []
     position = 0
     for match in PLACEHOLDER.finditer(template):
@@ -46,6 +46,9 @@ def parse_pattern(template: str, allowed_fields: list[str], where: str = "patter
     masks = sum(s.kind == "mask" for s in segments)
     if masks != 1:
         raise ConfigError(f"{where} {template!r}: needs exactly one {{mask}} slot, found {masks}")
+    if not any(s.kind == "field" for s in segments):
+        raise ConfigError(f"{where} {template!r}: no text placeholder, so the cloze never sees the row; "
+                          f"need at least one of {['{' + name + '}' for name in allowed_fields]}")
     return segments
 
 
