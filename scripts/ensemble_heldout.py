@@ -85,7 +85,7 @@ def score_ensemble(runs: list[Path], weighting: str) -> RunResults:
         setattr(out, f"{name}_acc", acc)
         members.append([accuracy(lp, rows) for lp in log_probs])
     out.extras.update({
-        "ensemble/members": [str(run) for run in runs],
+        "ensemble/members": [str(run.resolve()) for run in runs],  # written relative to the ensemble's folder
         "ensemble/weighting": weighting,
         "ensemble/weights": [round(w, 4) for w in weights],
         "ensemble/member_val_acc": members[0],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -42,6 +43,9 @@ def test_members_rescore_to_their_reported_accuracies_and_the_table_reads_the_en
     assert written["ensemble/member_val_acc"] == pytest.approx([r["val/acc"] for r in reported], abs=1e-4)
     assert written["ensemble/weights"] == pytest.approx([r["train/acc_before"] for r in reported], abs=1e-4)
     assert (written["task"], written["split"], written["data/heldout_rows"]) == ("bustm", "0", 64)
+    # the members relative to the ensemble's folder, so that a copied tree of runs still names them
+    folder = out / "bustm" / "0"
+    assert written["ensemble/members"] == [os.path.relpath(set_runs[v] / "bustm" / "0", folder) for v in ("v1", "v2")]
     # Accuracies on 64 rows are multiples of 1/64.
     assert math.isclose(written["heldout/acc"] * 64, round(written["heldout/acc"] * 64), abs_tol=0.01)
 

@@ -44,7 +44,7 @@ OWN_FILES = {"checkpoint": "checkpoints", "config": "", "predictions": "predicti
 OUTSIDE_PATHS = ("pretrained", "export_dir", "ipet_parent", "wandb/dir")
 # Other keys whose values are (or hold) file paths: stored relative to the run folder as well. Every other value is
 # written as it is (a W&B group named after a sweep folder is a name, not a path to follow).
-PATH_EXTRAS = ("test_set", "data/files", "data/sampled_ids")
+PATH_EXTRAS = ("test_set", "data/files", "data/sampled_ids", "ensemble/members")
 # JSON keys of the typed fields whose names are not valid Python names.
 KEYS = {"val_acc": "val/acc", "test_acc": "test/acc", "heldout_acc": "heldout/acc", "wandb_dir": "wandb/dir"}
 # Written even when None (what every train.py run reports); the other typed keys only when set.
