@@ -110,7 +110,7 @@ class FilesDataModule(TaskRowsDataModule):
             return rows
         setting = "shots" if key == "train" else "dev_shots"
         counts = self._class_counts(rows)
-        absent = [self._class_name(c) for c, n in enumerate(counts) if n == 0]
+        absent = self._absent_classes(counts)
         if absent:
             raise ConfigError(
                 f"data.{setting}={shots}: {self.files[key]} has no row of {_names(absent)}; data.{setting} "
@@ -135,6 +135,9 @@ class FilesDataModule(TaskRowsDataModule):
     def _class_name(self, label: int) -> str:
         return self.task.label_list[label] if self.task.label_list else str(label)
 
+    def _absent_classes(self, counts: list[int]) -> list[str]:
+        return [self._class_name(c) for c, n in enumerate(counts) if n == 0]
+
     # -- what would make training or selection quietly meaningless --------------------------------------------
     def _warn_unseen_classes(self) -> None:
         """One line per file whose rows lack a class (data.shots/dev_shots refuse that outright): training on the
@@ -146,7 +149,7 @@ class FilesDataModule(TaskRowsDataModule):
             ("dev", self.val_rows, "val/acc, which selects the checkpoint, never tests it"),
         ):
             counts = self._class_counts(rows)
-            absent = [self._class_name(c) for c, n in enumerate(counts) if n == 0]
+            absent = self._absent_classes(counts)
             if not absent:
                 continue
             present = [self._class_name(c) for c, n in enumerate(counts) if n]
