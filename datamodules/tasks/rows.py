@@ -85,11 +85,10 @@ def _parse_row(task: TaskSpec, raw: dict, path: Path, line: int, labelled: bool,
     if isinstance(row_id, bool) or not isinstance(row_id, (int, str)):
         raise DataError(f"{where}: field {id_field!r}: the row id must be an integer or a string, got {row_id!r}")
     fields: dict[str, Any] = {}
-    lists = tuple(task.list_fields)
     for name in task.text_fields:
         if name not in raw:
             raise DataError(f"{where}: missing field {name!r}; row has {sorted(raw)}")
-        fields[name] = _text(raw[name], name, where, is_list=name in lists)
+        fields[name] = _text(raw[name], name, where, is_list=name in task.list_fields)
     if task.kind == "span_pair":
         target = raw.get("target")
         if not isinstance(target, dict):
