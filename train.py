@@ -51,6 +51,7 @@ from lightning_modules.stages.base import StageModule
 from datamodules.runs.saved_config import compose_train_config
 from datamodules.runs import ownership
 from datamodules.runs.writing import check_writable, disk_error, reason, replaced
+from datamodules.runs.provenance import machine, source_commit
 from datamodules.runs.results import CONFIG_FILE, RESULTS_FILE, TOKENIZER_DIR, RunResults
 # Shared with predict.py and the distillation teachers (a finished run rebuilt from its config.yaml).
 from datamodules.runs.build import check_checkpoint, instantiate_with, user_error, vocabulary_texts  # noqa: F401
@@ -362,6 +363,8 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
         "precision": str(trainer.precision),
         "eval_precision": next((cb.precision_name for cb in r.callbacks if isinstance(cb, EvalPrecision)), None),
         "timing": run_timing(r),
+        "commit": source_commit(),
+        "machine": machine(),
         **datamodule.stats,
         # the other metrics of the labelled evaluation sets: losses, each label-word set's accuracy (test/acc_v1)
         **{key: round(float(value), 6) for key, value in sorted(scores.items()) if key not in ("test/acc", "heldout/acc")},

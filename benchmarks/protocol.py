@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from datamodules.runs.provenance import machine, source_commit
 from datamodules.runs.results import RunFolder
 from datamodules.tasks.task_configs import FEWCLUE_SPLITS, FEWCLUE_TASKS
 
@@ -41,23 +40,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="where the runs and the table go")
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every run (after --)")
     return parser.parse_args(argv)
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores"
-
-
-def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return done.stdout.strip() + ("+changes" if dirty else "") if done.returncode == 0 else "unknown"
 
 
 def train_command(task: str, split: str, run_dir: Path, overrides: list[str]) -> list[str]:
@@ -116,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
     header = (f"The default command per task and split (`python train.py task=T data.split=S "
               f"{' '.join(args.overrides)}`), seconds per phase; accuracy (%) on dev (chose the checkpoint) and on "
-              f"the held-out rows. Machine: {machine()}. Commit {commit()}, {datetime.date.today()}.")
+              f"the held-out rows. Machine: {machine()}. Commit {source_commit() or 'unknown'}, {datetime.date.today()}.")
     text = table(rows, header)
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol.md").write_text(text, encoding="utf-8")

@@ -31,7 +31,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -45,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 import torch.nn.functional as F
+
+from datamodules.runs import provenance
 
 VARIANTS = ("separate", "one_pass", "longest")
 PHASES = ("train", "eval_fp32", "eval_bf16")
@@ -215,12 +216,11 @@ def measure(task: str, args, work: Path) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
-    git = lambda *args: subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     scoring = ["lightning_modules/stages/fuzzy_pet.py", "lightning_modules/scoring", "benchmarks/slot_scoring.py"]
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "commit": git("rev-parse", "--short", "HEAD"), "scoring_changed_since_commit": bool(git("status", "--porcelain", "--", *scoring)),
+    changed = subprocess.run(["git", "status", "--porcelain", "--", *scoring], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip()
+    return {"machine": provenance.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "commit": provenance.source_commit(), "scoring_changed_since_commit": bool(changed),
             "date": datetime.date.today().isoformat()}
 
 

@@ -26,6 +26,7 @@ import torch
 
 from datamodules.runs.build import instantiate_with
 from datamodules.runs.predictor import Predictor
+from datamodules.runs.provenance import machine, source_commit
 from datamodules.runs.results import RESULTS_FILE, RunFolder, RunResults
 from datamodules.teachers.ensemble import WEIGHTINGS
 
@@ -77,7 +78,8 @@ def score_ensemble(runs: list[Path], weighting: str) -> RunResults:
     reported = [RunFolder(run).results.to_dict() for run in runs]
     weights = [1.0] * len(runs) if weighting == "uniform" else [float(r["train/acc_before"]) for r in reported]
     out = RunResults(stage="ensemble", task=str(reported[0]["task"]), split=str(reported[0]["split"]),
-                     seed=reported[0].get("seed"), model=reported[0].get("model"))
+                     seed=reported[0].get("seed"), model=reported[0].get("model"), commit=source_commit(),
+                     machine=machine())
     members = []
     for name, rows in (("val", data.val_rows), ("heldout", data.heldout_rows)):
         log_probs = [predictor.class_log_probs(rows) for predictor in predictors]

@@ -4,10 +4,12 @@ difference of each method against the baseline over the splits both ran, and the
 
     python scripts/heldout_table.py finetune=runs/finetune fuzzy=runs/fuzzy pooled=runs/pooled [--baseline finetune]
     python scripts/heldout_table.py fuzzy=runs/fuzzy,runs/fuzzy_more "mean set=runs/v1+runs/v2+runs/v3"
+    python scripts/heldout_table.py finetune=@finetune fuzzy=@fuzzy "mean set=@v1+@v2+@v3"   # from the ledger
 
 A method's folders joined by ``,`` are one method's runs (a later folder's run of the same task and split wins);
 joined by ``+`` they are averaged per task and split over the folders that all ran it (e.g. the mean single
-label-word set). The last lines count, per method, the tasks where it is ahead of the baseline over the splits both
+label-word set). ``@name`` reads the runs recorded as ``name`` in the results ledger (benchmarks/results.jsonl,
+scripts/record_runs.py) in place of a folder. The last lines count, per method, the tasks where it is ahead of the baseline over the splits both
 ran, and where its spread over those splits is at most the baseline's. The FewCLUE score (the mean over the nine
 tasks) is given for a method that ran all nine, in a table that shows all nine (``--tasks`` limits a table), and
 its paired difference from the baseline's, each task counted on the splits both ran. A last
@@ -24,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
 
+from datamodules.runs import ledger
 from datamodules.runs.results import RESULTS_FILE, RunFolder
 from datamodules.tasks.task_configs import FEWCLUE_TASKS
 
@@ -43,13 +46,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", help="the method the others are compared with (default: the first)")
     parser.add_argument("--metric", default="heldout/acc", help="heldout/acc (default) or test/acc")
     parser.add_argument("--tasks", help="comma-separated tasks to show (default: every task a method ran)")
+    parser.add_argument("--ledger", type=Path, default=ledger.LEDGER, help="the results ledger @name reads")
     return parser.parse_args(argv)
 
 
-def scores(folder: Path, metric: str) -> dict[tuple[str, str], Score]:
-    """(task, split) -> the Score of every finished run under ``folder``."""
+def scores(source: str | Path, metric: str, ledger_file: Path = ledger.LEDGER) -> dict[tuple[str, str], Score]:
+    """(task, split) -> the Score of every finished run under the folder ``source``, or of the runs recorded in the
+    ledger as the method ``@name``."""
+    if isinstance(source, str) and source.startswith("@"):
+        return {(str(r["task"]), str(r["split"])): Score(float(r[metric]), float(r["val/acc"]), r.get("seconds"))
+                for r in ledger.method_records(source[1:], ledger_file) if r.get(metric) is not None}
     found = {}
-    for results_file in sorted(folder.rglob(RESULTS_FILE)):
+    for results_file in sorted(Path(source).rglob(RESULTS_FILE)):
         results = RunFolder(results_file.parent).results.to_dict()
         if results.get(metric) is not None:
             timing = results.get("timing")
@@ -64,15 +72,16 @@ def _mean_score(parts: list[Score]) -> Score:
                  statistics.fmean(seconds) if seconds else None)
 
 
-def method_scores(spec: str, metric: str) -> dict[tuple[str, str], Score]:
-    """The runs of a method given as folders joined by ``,`` (union) or ``+`` (mean per task and split)."""
+def method_scores(spec: str, metric: str, ledger_file: Path = ledger.LEDGER) -> dict[tuple[str, str], Score]:
+    """The runs of a method given as folders (or ``@name``) joined by ``,`` (union) or ``+`` (mean per task and
+    split)."""
     if "+" in spec:
-        parts = [scores(Path(folder), metric) for folder in spec.split("+")]
+        parts = [scores(source, metric, ledger_file) for source in spec.split("+")]
         shared = set.intersection(*(set(part) for part in parts))
         return {key: _mean_score([part[key] for part in parts]) for key in shared}
     found: dict[tuple[str, str], Score] = {}
-    for folder in spec.split(","):
-        found.update(scores(Path(folder), metric))
+    for source in spec.split(","):
+        found.update(scores(source, metric, ledger_file))
     return found
 
 
@@ -173,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = {}
     for entry in args.methods:
         name, _, folder = entry.partition("=")
-        methods[name] = method_scores(folder, args.metric)
+        methods[name] = method_scores(folder, args.metric, args.ledger)
     if args.tasks:
         shown = set(args.tasks.split(","))
         methods = {name: {key: run for key, run in runs.items() if key[0] in shown} for name, runs in methods.items()}

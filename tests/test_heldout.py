@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.runs.provenance import source_commit
 from datamodules.runs.predictor import Predictor
 from datamodules.runs.results import RunFolder
 from tests.conftest import datamodule_for
@@ -75,3 +76,5 @@ def test_a_run_scores_its_heldout_rows_with_the_checkpoint_it_selected_on_dev(ma
     saved = RunFolder(built.cfg.paths.output_dir).results
     assert saved.heldout_acc == results["heldout/acc"] and saved.eval_precision in ("float32", "bfloat16")
     assert {"data", "model", "train", "validate", "test"} <= set(saved.timing)
+    # where the number came from, for the results ledger (no commit outside a git checkout)
+    assert saved.commit == source_commit() and "cores" in saved.machine

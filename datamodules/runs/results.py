@@ -77,6 +77,8 @@ class RunResults:
     precision: str | None = None  # what training ran in (trainer.precision; precision=auto resolved)
     eval_precision: str | None = None  # what validation, test and prediction ran in (float32, bfloat16)
     timing: dict[str, float] | None = None  # seconds per phase (callbacks/phase_times.py, train.py)
+    commit: str | None = None  # the trainer's git commit, "+changes" when it had uncommitted changes (provenance.py)
+    machine: str | None = None  # the processor (and GPU) the run trained on
     zero_shot: bool = False
     tuned: str | None = None  # conf/tuned/<task>_<stage>.yaml, relative to the repository
     export_dir: str | None = None
