@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
     header = (f"The default command per task and split (`python train.py task=T data.split=S "
               f"{' '.join(args.overrides)}`), seconds per phase; accuracy (%) on dev (chose the checkpoint) and on "
-              f"the held-out rows. Machine: {machine()}. Commit {source_commit() or 'unknown'}, {datetime.date.today()}.")
+              f"the held-out rows. Machine: {machine()}. Commit {source_commit() or 'unknown'}, "
+              f"{datetime.date.today()}.")
     text = table(rows, header)
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol.md").write_text(text, encoding="utf-8")
