@@ -5,6 +5,7 @@ each in its own process as a user types it, with the seconds of every phase.
     python benchmarks/protocol.py --splits 0,1,2,3,4 --tasks eprstmt,bustm
     python benchmarks/protocol.py --out runs/bench -- trainer.max_epochs=2   # overrides after --
     python benchmarks/protocol.py --tasks bustm --splits 0,1 -- stage=efl model.pretrained=runs/ent/{split}/export
+    python benchmarks/protocol.py --tasks csl --splits 0,1,2,3,4 --out runs/v1 --record v1 -- verbalizer=v1
 
 ``{task}`` and ``{split}`` in an override stand for each run's task and split (a per-split export, for one).
 
@@ -25,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from datamodules.runs import ledger
 from datamodules.runs.provenance import machine, source_commit
 from datamodules.runs.results import RunFolder
 from datamodules.tasks.task_configs import FEWCLUE_SPLITS, FEWCLUE_TASKS
@@ -38,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", default=",".join(FEWCLUE_TASKS), help="comma-separated FewCLUE tasks")
     parser.add_argument("--splits", default="0", help=f"comma-separated splits of {', '.join(FEWCLUE_SPLITS)}")
     parser.add_argument("--out", type=Path, help="where the runs and the table go")
+    parser.add_argument("--record", metavar="METHOD", help="add the finished runs to the results ledger under this "
+                        "name (benchmarks/results.jsonl; scripts/heldout_table.py reads it as METHOD=@METHOD)")
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every run (after --)")
     return parser.parse_args(argv)
 
@@ -105,6 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     (out / "protocol.md").write_text(text, encoding="utf-8")
     (out / "protocol.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(text)
+    if args.record:
+        finished = [out / row["task"] / row["split"] for row in rows if row["exit"] == 0]
+        ledger.add([ledger.run_record(run, args.record, root=out.resolve().parent) for run in finished], ledger.LEDGER)
+        print(f"recorded {len(finished)} run(s) as {args.record!r} in {ledger.LEDGER}")
 
 
 if __name__ == "__main__":

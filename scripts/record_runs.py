@@ -36,13 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     # paths in the overrides (other runs: teachers, exports) relative to the folder above the given one
     new = [ledger.run_record(run, args.method, args.commit, args.machine, root=folder.resolve().parent)
            for run, folder in sorted(runs.items())]
-    old = ledger.read(args.ledger)
-    keys = {(r["method"], r["task"], r["split"]) for r in new}
-    for record in old:
-        if (record["method"], record["task"], record["split"]) in keys:
-            print(f"replaces {record['method']} {record['task']} split {record['split']} "
-                  f"(heldout/acc {record['heldout/acc']}, commit {record['commit']})")
-    ledger.write(ledger.merged(old, new), args.ledger)
+    for record in ledger.add(new, args.ledger):
+        print(f"replaces {record['method']} {record['task']} split {record['split']} "
+              f"(heldout/acc {record['heldout/acc']}, commit {record['commit']})")
     print(f"recorded {len(new)} run(s) as {args.method!r} in {args.ledger}")
 
 

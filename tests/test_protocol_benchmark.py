@@ -31,3 +31,26 @@ def test_task_and_split_placeholders_are_filled_per_run_and_other_braces_kept():
     assert command == [sys.executable, str(ROOT / "train.py"), "task=bustm", "data.split=3",
                        "hydra.run.dir=out/bustm/3", "stage=efl", "model.pretrained=runs/ent/3/export", "tuned=bustm_3",
                        "stage.loss_weights={mlm:0.5}"]
+
+
+def test_record_adds_the_finished_runs_to_the_ledger(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import protocol
+    from datamodules.runs import ledger
+
+    def fake_run(task, split, out, overrides):
+        if task == "chid":
+            return {"task": task, "split": split, "wall": 1.0, "exit": 2, "error": "error: x"}
+        (out / task / split).mkdir(parents=True)
+        (out / task / split / "results.json").write_text(json.dumps(
+            {"stage": "fuzzy_pet", "task": task, "split": split, "val/acc": 0.5, "heldout/acc": 0.625,
+             "commit": "abc1234", "machine": "CPU, 2 cores"}))
+        return {"task": task, "split": split, "wall": 1.0, "exit": 0, "val/acc": 0.5, "heldout/acc": 0.625}
+
+    monkeypatch.setattr(protocol, "run_one", fake_run)
+    monkeypatch.setattr(ledger, "LEDGER", tmp_path / "results.jsonl")
+    protocol.main(["--tasks", "eprstmt,chid", "--splits", "0,1", "--out", str(tmp_path / "runs"), "--record", "v1"])
+    records = ledger.read(tmp_path / "results.jsonl")
+    assert [(r["method"], r["task"], r["split"], r["heldout/acc"]) for r in records] == [
+        ("v1", "eprstmt", "0", 0.625), ("v1", "eprstmt", "1", 0.625)]  # chid failed: not recorded

@@ -96,6 +96,14 @@ def merged(records: list[dict], new: list[dict]) -> list[dict]:
     return [by_key[key] for key in sorted(by_key)]
 
 
+def add(new: list[dict], ledger: str | Path = LEDGER) -> list[dict]:
+    """Write ``new`` into the ledger; returns the earlier records they replaced."""
+    old = read(ledger)
+    keys = {tuple(str(r[k]) for k in KEY) for r in new}
+    write(merged(old, new), ledger)
+    return [r for r in old if tuple(str(r[k]) for k in KEY) in keys]
+
+
 def write(records: list[dict], ledger: str | Path = LEDGER) -> None:
     ledger = Path(ledger)
     ledger.parent.mkdir(parents=True, exist_ok=True)
