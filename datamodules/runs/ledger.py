@@ -89,19 +89,23 @@ def read(ledger: str | Path = LEDGER) -> list[dict]:
     return records
 
 
+def _key(record: dict) -> tuple[str, ...]:
+    return tuple(str(record[k]) for k in KEY)
+
+
 def merged(records: list[dict], new: list[dict]) -> list[dict]:
     """``records`` with ``new`` added; a new record replaces the one with its method, task and split. Sorted."""
-    by_key = {tuple(str(r[k]) for k in KEY): r for r in records}
-    by_key.update({tuple(str(r[k]) for k in KEY): r for r in new})
+    by_key = {_key(r): r for r in records}
+    by_key.update({_key(r): r for r in new})
     return [by_key[key] for key in sorted(by_key)]
 
 
 def add(new: list[dict], ledger: str | Path = LEDGER) -> list[dict]:
     """Write ``new`` into the ledger; returns the earlier records they replaced."""
     old = read(ledger)
-    keys = {tuple(str(r[k]) for k in KEY) for r in new}
+    keys = {_key(r) for r in new}
     write(merged(old, new), ledger)
-    return [r for r in old if tuple(str(r[k]) for k in KEY) in keys]
+    return [r for r in old if _key(r) in keys]
 
 
 def write(records: list[dict], ledger: str | Path = LEDGER) -> None:
