@@ -6,7 +6,8 @@ run's held-out curve says what that epoch scores. Needs runs made with the held-
 
 Rules: ``best dev`` (the first epoch with the highest dev accuracy: what ModelCheckpoint keeps, so it reproduces
 each run's ``heldout/acc``), ``best dev, latest`` (the last of the epochs tied for it), ``smoothed dev`` (the
-highest mean of dev accuracy over an epoch and its neighbours, the latest on ties), ``last`` (the final epoch, no
+highest mean of dev accuracy over an epoch and the two before it, the latest on ties: a rule a run can apply as it
+trains), ``last`` (the final epoch, no
 selection), and ``held-out best``, an oracle no run can use: the ceiling of any rule. The table is
 scripts/heldout_table.py's, one column per rule; dev accuracy in brackets is the chosen epoch's.
 """
@@ -36,7 +37,7 @@ def best_dev_latest(dev: list[float], heldout: list[float]) -> int:
 
 
 def smoothed_dev(dev: list[float], heldout: list[float]) -> int:
-    smoothed = [sum(dev[max(0, i - 1):i + 2]) / len(dev[max(0, i - 1):i + 2]) for i in range(len(dev))]
+    smoothed = [sum(dev[max(0, i - 2):i + 1]) / len(dev[max(0, i - 2):i + 1]) for i in range(len(dev))]
     return best_dev_latest(smoothed, heldout)
 
 
