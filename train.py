@@ -38,6 +38,7 @@ from omegaconf.errors import MissingMandatoryValue
 from callbacks import ipet
 from callbacks.eval_precision import EvalPrecision
 from callbacks.phase_times import PhaseTimes
+from callbacks.selected_checkpoint import SelectedCheckpoint
 from callbacks.leaderboard import LeaderboardWriter
 from datamodules.protocol import StageData
 from datamodules.tasks.task_spec import TaskSpec
@@ -486,9 +487,11 @@ def interruption(trainer: L.Trainer, name: str) -> str:
 
 
 def selected_checkpoint(trainer: L.Trainer, module, datamodule) -> tuple[str | None, float | None]:
-    """The checkpoint chosen on dev and its val/acc; without one, the final weights measured on dev."""
+    """The selected checkpoint (``selection``: the best on dev, or the last weights) and its val/acc; without one,
+    the final weights measured on dev."""
+    selected = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, SelectedCheckpoint)]
     monitored = [cb for cb in trainer.checkpoint_callbacks if cb.monitor == "val/acc"]
-    checkpoint = monitored[0] if monitored else trainer.checkpoint_callback
+    checkpoint = (selected or monitored or [trainer.checkpoint_callback])[0]
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if best and checkpoint.monitor == "val/acc" and checkpoint.best_model_score is not None:
         return best, float(checkpoint.best_model_score)

@@ -1,6 +1,7 @@
-"""Dev accuracy after each evaluation during training: results.json's ``dev_curve`` and ``best_epoch``.
+"""Dev accuracy after each evaluation during training: results.json's ``dev_curve`` and ``best_epoch``, the epoch
+of the checkpoint the run tests with (``selection``: the best dev evaluation, or the last one).
 
-The selected checkpoint is the best dev evaluation. When that is the run's last evaluation, dev accuracy was still
+When the best dev evaluation is the run's last, dev accuracy was still
 rising when training ended and the run may be too short for the task: one warning line says so and names the
 setting. The curve is kept in ``last.ckpt``, so a resumed run reports the evaluations before the interruption too.
 """
@@ -15,8 +16,9 @@ log = logging.getLogger(__name__)
 
 
 class DevCurve(Callback):
-    def __init__(self, monitor: str) -> None:
+    def __init__(self, monitor: str, selection: str = "best_dev") -> None:
         self.monitor = monitor
+        self.selection = selection
         self.curve: list[dict[str, float | int]] = []
 
     @property
@@ -36,7 +38,9 @@ class DevCurve(Callback):
         if not self.curve:
             return
         best = self.best_index()
-        pl_module.results.update({"dev_curve": list(self.curve), "best_epoch": self.curve[best]["epoch"]})
+        selected = len(self.curve) - 1 if self.selection == "last" else best
+        pl_module.results.update({"dev_curve": list(self.curve), "best_epoch": self.curve[selected]["epoch"],
+                                  "selection": self.selection})
         if len(self.curve) > 1 and best == len(self.curve) - 1 and trainer.is_global_zero:
             last = self.curve[-1]
             log.warning("%s was highest at the last evaluation (epoch %d, %.4f, up from %.4f before it): dev accuracy "
