@@ -473,13 +473,16 @@ PHASES = {TrainerFn.TESTING: "while testing the selected checkpoint on the label
 
 def interruption(trainer: L.Trainer, name: str) -> str:
     """Where the run stopped, what it wrote and how to go on, in one line."""
-    latest = [cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor is None and cb.best_model_path]
+    latest = [cb.best_model_path for cb in trainer.checkpoint_callbacks
+              if cb.monitor is None and not isinstance(cb, SelectedCheckpoint) and cb.best_model_path]
     last = latest[0] if latest and Path(latest[0]).exists() else None
     if fitting(trainer):
         resume = f"resume with ckpt_path={last} (same overrides)" if last else "no checkpoint was written yet"
         return f"interrupted by {name} at step {trainer.global_step} (epoch {trainer.current_epoch}); {resume}"
-    selected = [cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor and cb.best_model_path]
-    written = f"{selected[0]} (selected on dev) is written" if selected else "no checkpoint was selected on dev"
+    selected = [cb for cb in trainer.checkpoint_callbacks
+                if (isinstance(cb, SelectedCheckpoint) or cb.monitor) and cb.best_model_path]
+    how = "the last weights" if getattr(selected[0] if selected else None, "selection", "") == "last" else "selected on dev"
+    written = f"{selected[0].best_model_path} ({how}) is written" if selected else "no checkpoint was selected on dev"
     again = (f"resume with ckpt_path={last} (same overrides) to test and predict again" if last else
              "no last.ckpt to resume from (callbacks.last_checkpoint.min_interval_s): run it again")
     return (f"interrupted by {name} {PHASES[trainer.state.fn]} (training ended at step {trainer.global_step}, epoch "

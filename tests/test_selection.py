@@ -20,18 +20,27 @@ def _fuzzy_run(tmp_path, name: str, *overrides: str) -> dict:
 
 
 def test_last_tests_the_weights_training_ended_with(tmp_path, shared_fewclue):
-    results = _fuzzy_run(tmp_path, "last", "selection=last")
+    results = _fuzzy_run(tmp_path, "last")  # Fuzzy-PET's default
     assert results["selection"] == "last" and results["best_epoch"] == 3
     # the held-out and dev scores of the final evaluation in training are those of the tested checkpoint
     assert results["heldout/acc"] == pytest.approx(results["heldout_curve"][-1]["heldout/acc"], abs=1e-6)
     assert results["val/acc"] == pytest.approx(results["dev_curve"][-1]["val/acc"], abs=1e-6)
 
 
-def test_best_dev_is_the_default(tmp_path, shared_fewclue):
-    results = _fuzzy_run(tmp_path, "best")
+def test_best_dev_tests_the_best_dev_evaluation(tmp_path, shared_fewclue):
+    results = _fuzzy_run(tmp_path, "best", "selection=best_dev")
     dev = [point["val/acc"] for point in results["dev_curve"]]
     assert results["selection"] == "best_dev" and results["best_epoch"] == dev.index(max(dev)) + 1
     assert results["val/acc"] == pytest.approx(max(dev), abs=1e-6)
+    point = results["heldout_curve"][results["best_epoch"] - 1]
+    assert results["heldout/acc"] == pytest.approx(point["heldout/acc"], abs=1e-6)
+
+
+@pytest.mark.parametrize(("stage", "selection"), [("fuzzy_pet", "last"), ("finetune", "best_dev"), ("efl", "best_dev"),
+                                                  ("distill", "best_dev")])
+def test_each_stage_has_its_rule(make_config, stage, selection):
+    assert make_config([f"stage={stage}"]).selection == selection
+    assert make_config([f"stage={stage}", "selection=best_dev"]).selection == "best_dev"
 
 
 def test_an_unknown_rule_names_the_allowed_ones(tmp_path, shared_fewclue):

@@ -133,7 +133,8 @@ def test_zero3_weights_match_a_plain_run_and_export_in_hugging_face_format(tmp_p
 
 def test_zero3_evaluates_the_best_checkpoint_it_saved(make_config, fewclue_with_test_public):
     """test/validate with ckpt_path=best (a ZeRO-3 directory) load the saved weights, not the last ones."""
-    cfg = make_config(["strategy=zero3", "trainer.max_epochs=2", "data.batch_size=8"], fewclue_with_test_public)
+    cfg = make_config(["strategy=zero3", "trainer.max_epochs=2", "data.batch_size=8", "selection=best_dev"],
+                      fewclue_with_test_public)
     datamodule, trainer, module = fit_directly(cfg)
     best = trainer.checkpoint_callback
     metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)[0]
