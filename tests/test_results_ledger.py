@@ -96,3 +96,17 @@ def test_paths_in_the_overrides_are_kept_relative_to_the_recorded_folders_parent
     (record,) = ledger.read(book)
     assert record["overrides"][-2:] == ["distill.teachers=[ck_v1/tnews/0,ck_v2/tnews/0]",
                                         "model.pretrained=.../zh-mlm-small"]
+
+
+def test_the_last_epoch_of_a_run_with_curves_is_recorded_as_selection_last(tmp_path, capsys):
+    curves = {"dev_curve": [{"epoch": 1, "step": 4, "val/acc": 0.75}, {"epoch": 2, "step": 8, "val/acc": 0.625}],
+              "heldout_curve": [{"epoch": 1, "step": 4, "heldout/acc": 0.6}, {"epoch": 2, "step": 8, "heldout/acc": 0.7}]}
+    _run(tmp_path / "runs" / "0", "eprstmt", "0", 0.6, 0.75, commit="abc1234", machine="Some CPU", **curves)
+    _run(tmp_path / "plain" / "0", "eprstmt", "0", 0.6, 0.75, commit="abc1234", machine="Some CPU")
+    book = tmp_path / "results.jsonl"
+    record_runs.main(["fuzzy, last", str(tmp_path / "runs"), "--last-epoch", "--ledger", str(book)])
+    record = json.loads(book.read_text())
+    # the selected epoch (1) scored 0.6 held out; the last one 0.7, with dev 0.625
+    assert (record["heldout/acc"], record["val/acc"], record["selection"]) == (0.7, 0.625, "last")
+    with pytest.raises(ConfigError, match="no held-out curve"):
+        ledger.run_record(tmp_path / "plain" / "0", "fuzzy, last", last_epoch=True)

@@ -29,9 +29,12 @@ ABSOLUTE_PATH = re.compile(r"(?<=[=\[,])/[^,\]]*")
 
 
 def run_record(run_dir: str | Path, method: str, commit: str | None = None, machine: str | None = None,
-               root: str | Path | None = None) -> dict:
+               root: str | Path | None = None, last_epoch: bool = False) -> dict:
     """One finished run as a ledger line. ``commit`` and ``machine`` stand in where results.json lacks them; paths
-    in the overrides are written relative to ``root`` (the folder the runs were recorded from), never absolute."""
+    in the overrides are written relative to ``root`` (the folder the runs were recorded from), never absolute.
+    ``last_epoch``: the held-out and dev accuracy of the run's final evaluation in training (its ``heldout_curve``
+    and ``dev_curve``, callbacks/heldout_curve.py), what ``selection=last`` tests, whatever checkpoint the run
+    selected; the record says ``"selection": "last"``."""
     run_dir = Path(run_dir)
     results = RunFolder(run_dir).results
     commit = results.commit or commit
@@ -40,8 +43,12 @@ def run_record(run_dir: str | Path, method: str, commit: str | None = None, mach
         missing = " and ".join(name for name, value in (("commit", commit), ("machine", machine)) if not value)
         raise ConfigError(f"{run_dir / RESULTS_FILE}: no {missing} recorded; give it (--{missing.split()[0]})")
     values = results.to_dict()
+    if last_epoch:
+        values = {**values, **final_evaluation(values, run_dir)}
     record: dict[str, Any] = {"method": method, "task": results.task, "split": results.split,
                               "stage": results.stage}
+    if last_epoch:
+        record["selection"] = "last"
     record.update({key: None if values.get(key) is None else round(float(values[key]), 6) for key in ACCURACIES})
     record["heldout_rows"] = values.get("data/heldout_rows")
     record["seconds"] = round(sum(results.timing.values()), 1) if results.timing else None
@@ -51,6 +58,15 @@ def run_record(run_dir: str | Path, method: str, commit: str | None = None, mach
     record["date"] = finished.date().isoformat()
     record["overrides"] = run_overrides(run_dir, Path(root) if root else run_dir)
     return record
+
+
+def final_evaluation(values: dict, run_dir: Path) -> dict:
+    """The accuracies of the last evaluation in training, from the run's dev and held-out curves."""
+    dev, heldout = values.get("dev_curve") or [], values.get("heldout_curve") or []
+    if not heldout or not dev or dev[-1]["step"] != heldout[-1]["step"]:
+        raise ConfigError(f"{run_dir / RESULTS_FILE}: no held-out curve ending where the dev curve ends (run it with "
+                          "+callbacks.heldout_curve._target_=callbacks.heldout_curve.HeldoutCurve)")
+    return {"heldout/acc": heldout[-1]["heldout/acc"], "val/acc": dev[-1]["val/acc"], "test/acc": None}
 
 
 def run_overrides(run_dir: Path, root: Path) -> list[str]:
