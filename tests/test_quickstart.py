@@ -29,7 +29,10 @@ def test_default_job_is_fuzzy_pet_with_the_shared_encoder_well_above_chance(tmp_
     # held out in bf16.
     assert results["selection"] == "last" and results["best_epoch"] == 12
     assert results["heldout/acc"] >= 0.68 and results["val/acc"] >= 0.5 and results["data/heldout_rows"] == 203
-    lines = done.stdout.strip().splitlines()[-2:]
+    tested, *lines = done.stdout.strip().splitlines()[-3:]
+    best = max(results["dev_curve"], key=lambda point: point["val/acc"])
+    assert tested == (f"selection=last: tested the weights training ended with (epoch 12); the best dev evaluation "
+                      f"was epoch {best['epoch']} (val/acc {best['val/acc']:.4f})")
     assert re.fullmatch(r"val/acc: 0\.\d{4}  heldout/acc: 0\.\d{4} \(203 rows\)  test/acc: n/a .*", lines[0])
     # 19 Negative of 32 dev rows; 102 Positive of 203 held-out rows
     assert lines[1] == "chance (the majority class's share): dev 0.5938 (32 rows), held-out 0.5025 (203 rows)"
