@@ -36,7 +36,7 @@ def test_best_dev_tests_the_best_dev_evaluation(tmp_path, shared_fewclue):
     assert results["heldout/acc"] == pytest.approx(point["heldout/acc"], abs=1e-6)
 
 
-@pytest.mark.parametrize(("stage", "selection"), [("fuzzy_pet", "last"), ("finetune", "best_dev"), ("efl", "best_dev"),
+@pytest.mark.parametrize(("stage", "selection"), [("fuzzy_pet", "last"), ("finetune", "last"), ("efl", "best_dev"),
                                                   ("distill", "best_dev")])
 def test_each_stage_has_its_rule(make_config, stage, selection):
     assert make_config([f"stage={stage}"]).selection == selection
