@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from callbacks import ipet
+from callbacks.dev_curve import DevCurve
 from callbacks.eval_precision import EvalPrecision
 from callbacks.phase_times import PhaseTimes
 from callbacks.selected_checkpoint import SelectedCheckpoint
@@ -149,7 +150,7 @@ def check_resumable(ckpt: str) -> None:
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ConfigError(f"ckpt_path={ckpt}: not a Lightning checkpoint (no state_dict)")
     if "optimizer_states" not in state or "loops" not in state:
-        raise ConfigError(f"ckpt_path={ckpt}: the weights alone (the checkpoint selected on dev), without the optimizer "
+        raise ConfigError(f"ckpt_path={ckpt}: the weights alone (the checkpoint the run tested), without the optimizer "
                           "and loop state a resume needs; resume from <run>/checkpoints/last.ckpt")
 
 
@@ -507,9 +508,18 @@ def selected_checkpoint(trainer: L.Trainer, module, datamodule) -> tuple[str | N
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if best and checkpoint.monitor == "val/acc" and checkpoint.best_model_score is not None:
         return best, float(checkpoint.best_model_score)
+    final = final_dev_accuracy(trainer)
+    if best and final is not None and checkpoint._last_global_step_saved == trainer.global_step:
+        return best, final  # the last weights, already measured by the dev evaluation that ended training
     # No validation ran before the end (e.g. max_steps hit mid-epoch): measure what training left.
     metrics = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     return best, metrics[0].get("val/acc") if metrics else None
+
+
+def final_dev_accuracy(trainer: L.Trainer) -> float | None:
+    """val/acc of the dev evaluation at the last training step, or None when training ended without one."""
+    points = [cb.curve[-1] for cb in trainer.callbacks if isinstance(cb, DevCurve) and cb.monitor == "val/acc" and cb.curve]
+    return float(points[0]["val/acc"]) if points and points[0]["step"] == trainer.global_step else None
 
 
 def prediction_file(callbacks: list) -> str | None:

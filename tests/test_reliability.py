@@ -257,7 +257,7 @@ def test_resuming_from_the_selected_weights_or_another_archive_is_one_line(tmp_p
     weights = run_cli([*common, f"ckpt_path={best}", f"hydra.run.dir={tmp_path}/again"], cwd=tmp_path)
     assert weights.returncode == 2
     assert one_error_line(weights) == (
-        f"error: ckpt_path={best}: the weights alone (the checkpoint selected on dev), without the optimizer and loop "
+        f"error: ckpt_path={best}: the weights alone (the checkpoint the run tested), without the optimizer and loop "
         "state a resume needs; resume from <run>/checkpoints/last.ckpt")
     archive = tmp_path / "notes.zip"
     with zipfile.ZipFile(archive, "w") as handle:

@@ -215,7 +215,7 @@ def test_a_signal_while_testing_or_predicting_ends_the_run_naming_what_was_writt
     doing = {"test": "testing the selected checkpoint on the labelled sets",
              "predict": "predicting the leaderboard file"}[phase]
     assert line == [f"stopped: interrupted by {signal.Signals(signum).name} while {doing} (training ended at step 4, "
-                    f"epoch 2); {run_dir / 'checkpoints' / 'best.ckpt'} (selected on dev) is written, results.json is "
+                    f"epoch 2); {run_dir / 'checkpoints' / 'best.ckpt'} (the last weights) is written, results.json is "
                     f"not; resume with ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'} (same overrides) to test and "
                     "predict again"], stderr[-3000:]
     assert "Traceback" not in stderr and not (run_dir / "results.json").exists()
