@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class DevCurve(Callback):
-    def __init__(self, monitor: str, selection: str = "best_dev") -> None:
+    def __init__(self, monitor: str, selection: str) -> None:
         self.monitor = monitor
         self.selection = selection
         self.curve: list[dict[str, float | int]] = []

@@ -15,8 +15,11 @@ SELECTIONS = ("best_dev", "last")
 
 
 class SelectedCheckpoint(ModelCheckpoint):
-    def __init__(self, selection: str, monitor: str, **kwargs) -> None:
+    def __init__(self, selection: str, dirpath: str, filename: str, monitor: str, mode: str, save_top_k: int,
+                 save_weights_only: bool, enable_version_counter: bool) -> None:
         if selection not in SELECTIONS:
             raise ConfigError(f"selection={selection!r}; allowed: {', '.join(SELECTIONS)}")
-        super().__init__(monitor=monitor if selection == "best_dev" else None, **kwargs)
+        super().__init__(dirpath=dirpath, filename=filename, monitor=monitor if selection == "best_dev" else None,
+                         mode=mode, save_top_k=save_top_k, save_weights_only=save_weights_only,
+                         enable_version_counter=enable_version_counter)
         self.selection = selection

@@ -22,7 +22,7 @@ def _trainer() -> SimpleNamespace:
 
 
 def _fit(scores: list[float], caplog) -> tuple[dict, list[str]]:
-    callback, trainer, module = DevCurve("val/acc"), _trainer(), SimpleNamespace(results={})
+    callback, trainer, module = DevCurve("val/acc", "best_dev"), _trainer(), SimpleNamespace(results={})
     trainer.sanity_checking = True  # Lightning's sanity check runs the validation loop too: not a point
     _evaluate(callback, trainer, 0, 0.9)
     trainer.sanity_checking = False
@@ -53,11 +53,11 @@ def test_a_run_whose_last_evaluation_is_its_best_is_said_once(caplog):
 
 
 def test_evaluations_outside_fit_are_not_points_and_a_resume_keeps_the_curve():
-    callback, trainer = DevCurve("val/acc"), _trainer()
+    callback, trainer = DevCurve("val/acc", "best_dev"), _trainer()
     _evaluate(callback, trainer, 0, 0.5)
     trainer.state.fn = "validate"  # trainer.validate(), e.g. measuring what a run left without a selected checkpoint
     _evaluate(callback, trainer, 0, 0.75)
     assert [point["val/acc"] for point in callback.curve] == [0.5]
-    resumed = DevCurve("val/acc")
+    resumed = DevCurve("val/acc", "best_dev")
     resumed.load_state_dict(callback.state_dict())
     assert resumed.curve == callback.curve and resumed.state_key == "DevCurve[val/acc]"
