@@ -489,10 +489,10 @@ def interruption(trainer: L.Trainer, name: str) -> str:
     if fitting(trainer):
         resume = f"resume with ckpt_path={last} (same overrides)" if last else "no checkpoint was written yet"
         return f"interrupted by {name} at step {trainer.global_step} (epoch {trainer.current_epoch}); {resume}"
-    selected = [cb for cb in trainer.checkpoint_callbacks
-                if (isinstance(cb, SelectedCheckpoint) or cb.monitor) and cb.best_model_path]
-    how = "the last weights" if getattr(selected[0] if selected else None, "selection", "") == "last" else "selected on dev"
-    written = f"{selected[0].best_model_path} ({how}) is written" if selected else "no checkpoint was selected on dev"
+    selected = next((cb for cb in trainer.checkpoint_callbacks
+                     if (isinstance(cb, SelectedCheckpoint) or cb.monitor) and cb.best_model_path), None)
+    how = "the last weights" if getattr(selected, "selection", None) == "last" else "selected on dev"
+    written = f"{selected.best_model_path} ({how}) is written" if selected else "no checkpoint was selected on dev"
     again = (f"resume with ckpt_path={last} (same overrides) to test and predict again" if last else
              "no last.ckpt to resume from (callbacks.last_checkpoint.min_interval_s): run it again")
     return (f"interrupted by {name} {PHASES[trainer.state.fn]} (training ended at step {trainer.global_step}, epoch "
