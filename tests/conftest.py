@@ -54,6 +54,14 @@ def fewclue_with_test_public(tmp_path_factory, shared_fewclue) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def no_hydra_config_left_over():
+    """A test that composed the config in this process leaves no HydraConfig behind: later tests would read its
+    command-line overrides (``typed_keys``) as their own."""
+    yield
+    HydraConfig.instance().cfg = None
+
+
 def compose_config(overrides: list[str], output_dir: Path, data_dir: Path | None = None):
     """The project's real config, as `python train.py <overrides>` would see it, writing into output_dir."""
     GlobalHydra.instance().clear()
