@@ -8,7 +8,7 @@ difference of each method against the baseline over the splits both ran, and the
 
 A method's folders joined by ``,`` are one method's runs (a later folder's run of the same task and split wins);
 joined by ``+`` they are averaged per task and split over the folders that all ran it (e.g. the mean single
-label-word set). ``@name`` reads the runs recorded as ``name`` in the results ledger (benchmarks/results.jsonl,
+label-word set; ``,`` binds tighter, so ``@v1,runs/v1_more+@v2,runs/v2_more`` averages two unions). ``@name`` reads the runs recorded as ``name`` in the results ledger (benchmarks/results.jsonl,
 scripts/record_runs.py) in place of a folder. The last lines count, per method, the tasks where it is ahead of the
 baseline over the splits both ran, and where its spread over those splits is at most the baseline's. The FewCLUE score (the mean over the nine
 tasks) is given for a method that ran all nine, in a table that shows all nine (``--tasks`` limits a table), and
@@ -74,9 +74,9 @@ def _mean_score(parts: list[Score]) -> Score:
 
 def method_scores(spec: str, metric: str, ledger_file: Path = ledger.LEDGER) -> dict[tuple[str, str], Score]:
     """The runs of a method given as folders (or ``@name``) joined by ``,`` (union) or ``+`` (mean per task and
-    split)."""
+    split); ``,`` binds tighter: ``@v1,runs/v1_more+@v2`` averages v1's runs from both sources with v2's."""
     if "+" in spec:
-        parts = [scores(source, metric, ledger_file) for source in spec.split("+")]
+        parts = [method_scores(part, metric, ledger_file) for part in spec.split("+")]
         shared = set.intersection(*(set(part) for part in parts))
         return {key: _mean_score([part[key] for part in parts]) for key in shared}
     found: dict[tuple[str, str], Score] = {}

@@ -47,6 +47,12 @@ def test_folders_joined_by_plus_are_averaged_per_split_and_by_comma_unioned(tmp_
     assert abs(mean_set[("csl", "0")][0] - 0.6) < 1e-9 and abs(mean_set[("csl", "1")][0] - 0.8) < 1e-9
     union = method_scores(f"{tmp_path / 'v2'},{tmp_path / 'v3'}", "heldout/acc")
     assert union[("csl", "0")][0] == 0.7  # the later folder wins
+    _run(tmp_path / "v2_more" / "2", "csl", "2", 0.4, 0.5)
+    _run(tmp_path / "v3_more" / "2", "csl", "2", 0.7, 0.5)
+    extended = method_scores(f"{tmp_path / 'v1'}+{tmp_path / 'v2'},{tmp_path / 'v2_more'}+"
+                             f"{tmp_path / 'v3'},{tmp_path / 'v3_more'}", "heldout/acc")
+    assert abs(extended[("csl", "2")][0] - 0.4) < 1e-9  # (0.1 + 0.4 + 0.7) / 3: each part a union
+    assert abs(extended[("csl", "0")][0] - 0.6) < 1e-9
     text = table({"base": method_scores(str(tmp_path / "v1"), "heldout/acc"), "mean set": mean_set}, "base",
                  "heldout/acc")
     # on the splits both ran (0, 1): base 0.5, 0.7 (std 14.1), mean set 0.6, 0.8 (std 14.1): ahead, as steady
