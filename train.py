@@ -386,7 +386,7 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
                    f"test/acc: {_fmt(test_acc, 'n/a (no labelled test set: test_public.json, data.test)')}")
         log.info("%s -> %s", summary, output_dir / RESULTS_FILE)
         if results.get("selection") == "last" and results.get("dev_curve"):
-            print(tested_last(results["dev_curve"]))
+            print(tested_last(results["dev_curve"], results["best_epoch"]))
         print(summary)
         for line in comparisons(r):
             print(line)
@@ -394,10 +394,10 @@ def run(r: BuiltRun, extra_results: dict | None = None) -> dict[str, Any]:
     return results
 
 
-def tested_last(dev_curve: list[dict]) -> str:
+def tested_last(dev_curve: list[dict], epoch: int) -> str:
     """One line for a run that tests its last weights: which epoch that is, and the best dev evaluation it was not."""
     best = max(dev_curve, key=lambda point: point["val/acc"])
-    return (f"selection=last: tested the weights training ended with (epoch {dev_curve[-1]['epoch']}); the best dev "
+    return (f"selection=last: tested the weights training ended with (epoch {epoch}); the best dev "
             f"evaluation was epoch {best['epoch']} (val/acc {best['val/acc']:.4f})")
 
 

@@ -1,5 +1,6 @@
 """Dev accuracy after each evaluation during training: results.json's ``dev_curve`` and ``best_epoch``, the epoch
-of the checkpoint the run tests with (``selection``: the best dev evaluation, or the last one).
+of the checkpoint the run tests with (``selection``: the best dev evaluation, or the epoch training ended with,
+evaluated on dev or not).
 
 When the best dev evaluation is the run's last, dev accuracy was still
 rising when training ended and the run may be too short for the task: one warning line says so and names the
@@ -35,12 +36,15 @@ class DevCurve(Callback):
                            self.monitor: round(float(value), 6)})
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.selection == "last":
+            # the epoch training ended with, whether or not dev was evaluated there (trainer.check_val_every_n_epoch)
+            pl_module.results.update({"best_epoch": trainer.current_epoch, "selection": self.selection})
         if not self.curve:
             return
         best = self.best_index()
-        selected = len(self.curve) - 1 if self.selection == "last" else best
-        pl_module.results.update({"dev_curve": list(self.curve), "best_epoch": self.curve[selected]["epoch"],
-                                  "selection": self.selection})
+        pl_module.results.update({"dev_curve": list(self.curve), "selection": self.selection})
+        if self.selection != "last":
+            pl_module.results["best_epoch"] = self.curve[best]["epoch"]
         if len(self.curve) > 1 and best == len(self.curve) - 1 and trainer.is_global_zero:
             last = self.curve[-1]
             log.warning("%s was highest at the last evaluation (epoch %d, %.4f, up from %.4f before it): dev accuracy "

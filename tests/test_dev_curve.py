@@ -61,3 +61,17 @@ def test_evaluations_outside_fit_are_not_points_and_a_resume_keeps_the_curve():
     resumed = DevCurve("val/acc", "best_dev")
     resumed.load_state_dict(callback.state_dict())
     assert resumed.curve == callback.curve and resumed.state_key == "DevCurve[val/acc]"
+
+
+def test_selection_last_reports_the_epoch_training_ended_with_evaluated_or_not():
+    callback, trainer, module = DevCurve("val/acc", "last"), _trainer(), SimpleNamespace(results={})
+    for epoch, acc in ((4, 0.5), (9, 0.75)):  # trainer.check_val_every_n_epoch=5 over 12 epochs: epochs 5 and 10
+        _evaluate(callback, trainer, epoch, acc)
+    trainer.current_epoch = 12  # Lightning's count of completed epochs once fit has ended
+    callback.on_fit_end(trainer, module)
+    assert module.results["best_epoch"] == 12 and module.results["selection"] == "last"
+    assert [point["epoch"] for point in module.results["dev_curve"]] == [5, 10]
+
+    unevaluated = SimpleNamespace(results={})
+    DevCurve("val/acc", "last").on_fit_end(trainer, unevaluated)  # dev never evaluated in training
+    assert unevaluated.results == {"best_epoch": 12, "selection": "last"}

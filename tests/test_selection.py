@@ -27,6 +27,16 @@ def test_last_tests_the_weights_training_ended_with(tmp_path, shared_fewclue):
     assert results["val/acc"] == pytest.approx(results["dev_curve"][-1]["val/acc"], abs=1e-6)
 
 
+def test_last_with_dev_every_other_epoch_tests_and_scores_the_same_weights(tmp_path, shared_fewclue):
+    every = _fuzzy_run(tmp_path, "every")
+    sparse = _fuzzy_run(tmp_path, "sparse", "trainer.check_val_every_n_epoch=2")  # dev after epoch 2 only
+    assert [point["epoch"] for point in sparse["dev_curve"]] == [2]
+    assert sparse["best_epoch"] == every["best_epoch"] == 3
+    # val/acc measured once on the last weights after training; the same weights as the run evaluated every epoch
+    assert sparse["val/acc"] == pytest.approx(every["val/acc"], abs=1e-6)
+    assert sparse["heldout/acc"] == pytest.approx(every["heldout/acc"], abs=1e-6)
+
+
 def test_best_dev_tests_the_best_dev_evaluation(tmp_path, shared_fewclue):
     results = _fuzzy_run(tmp_path, "best", "selection=best_dev")
     dev = [point["val/acc"] for point in results["dev_curve"]]
