@@ -31,6 +31,9 @@ def test_a_record_holds_the_runs_numbers_provenance_and_overrides_without_hydras
     assert record["seconds"] == 12.5 and record["global_step"] == 48 and record["heldout_rows"] == 200
     assert (record["commit"], record["machine"]) == ("abc1234", "Some CPU, 2 cores")
     assert record["overrides"] == ["task=eprstmt", "data.split=3", "precision=bf16-mixed"]
+    assert "selection" not in record  # a run from before results.json named its checkpoint rule
+    _run(tmp_path / "new", "eprstmt", "3", 0.75, 0.8125, commit="abc1234", machine="Some CPU", selection="last")
+    assert ledger.run_record(tmp_path / "new", "fuzzy")["selection"] == "last"
 
 
 def test_a_run_without_provenance_needs_it_given(tmp_path):

@@ -34,7 +34,8 @@ def run_record(run_dir: str | Path, method: str, commit: str | None = None, mach
     in the overrides are written relative to ``root`` (the folder the runs were recorded from), never absolute.
     ``last_epoch``: the held-out and dev accuracy of the run's final evaluation in training (its ``heldout_curve``
     and ``dev_curve``, callbacks/heldout_curve.py), what ``selection=last`` tests, whatever checkpoint the run
-    selected; the record says ``"selection": "last"``."""
+    selected; the record says ``"selection": "last"``. Otherwise the record names the run's own ``selection``
+    (runs written before results.json held it have none)."""
     run_dir = Path(run_dir)
     results = RunFolder(run_dir).results
     commit = results.commit or commit
@@ -47,8 +48,9 @@ def run_record(run_dir: str | Path, method: str, commit: str | None = None, mach
         values = {**values, **final_evaluation(values, run_dir)}
     record: dict[str, Any] = {"method": method, "task": results.task, "split": results.split,
                               "stage": results.stage}
-    if last_epoch:
-        record["selection"] = "last"
+    selection = "last" if last_epoch else values.get("selection")
+    if selection:
+        record["selection"] = selection
     record.update({key: None if values.get(key) is None else round(float(values[key]), 6) for key in ACCURACIES})
     record["heldout_rows"] = values.get("data/heldout_rows")
     record["seconds"] = round(sum(results.timing.values()), 1) if results.timing else None
