@@ -8,8 +8,9 @@ difference of each method against the baseline over the splits both ran, and the
 
 A method's folders joined by ``,`` are one method's runs (a later folder's run of the same task and split wins);
 joined by ``+`` they are averaged per task and split over the folders that all ran it (e.g. the mean single
-label-word set; ``,`` binds tighter, so ``@v1,runs/v1_more+@v2,runs/v2_more`` averages two unions). ``@name`` reads the runs recorded as ``name`` in the results ledger (benchmarks/results.jsonl,
-scripts/record_runs.py) in place of a folder. The last lines count, per method, the tasks where it is ahead of the
+label-word set; ``,`` binds tighter, so ``@v1,runs/v1_more+@v2,runs/v2_more`` averages two unions). ``@name``
+reads the runs recorded as ``name`` in the results ledger (benchmarks/results.jsonl, scripts/record_runs.py) in
+place of a folder. The last lines count, per method, the tasks where it is ahead of the
 baseline over the splits both ran, and where its spread over those splits is at most the baseline's. The FewCLUE score (the mean over the nine
 tasks) is given for a method that ran all nine, in a table that shows all nine (``--tasks`` limits a table), and
 its paired difference from the baseline's, each task counted on the splits both ran. A last
