@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import open_dict
 from transformers import BertModel
 
+from lightning_modules.scale.build_locks import remove_stale_build_locks
 from lightning_modules.scale.consolidate import full_state_dict
 from lightning_modules.scale.strategies import CPUCapableDeepSpeedStrategy, consolidated_checkpoint
 from tests.conftest import CONF
@@ -42,6 +43,7 @@ def cpu_adam():
     """DeepSpeedCPUAdam compiles a C++ extension on first use (about 2 min on 2 cores, then cached)."""
     from deepspeed.ops.op_builder import CPUAdamBuilder
 
+    remove_stale_build_locks()
     return CPUAdamBuilder().load()
 
 

@@ -27,7 +27,8 @@ small (tests/test_accumulation.py measured it: 1/4 of the large-batch update wit
 With ZeRO-Offload DeepSpeed insists on its own CPU optimizer: a ``torch.optim.Adam``/``AdamW`` built by
 ``configure_optimizers`` is rebuilt as ``DeepSpeedCPUAdam`` on the same parameter groups (so the
 learning-rate scheduler keeps driving it). DeepSpeedCPUAdam compiles a C++ extension on first use
-(about 2 minutes on a 2-core CPU, then cached under ``~/.cache/torch_extensions``).
+(about 2 minutes on a 2-core CPU, then cached under ``~/.cache/torch_extensions``); a lock left there by a
+killed build is removed first (``build_locks``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.nn import Module
 from torch.optim import Optimizer
 
+from lightning_modules.scale.build_locks import remove_stale_build_locks
+
 
 class CPUCapableDeepSpeedStrategy(LightningDeepSpeedStrategy):
     """Lightning's DeepSpeedStrategy that also runs on a CPU accelerator (gloo backend)."""
@@ -59,6 +62,7 @@ class CPUCapableDeepSpeedStrategy(LightningDeepSpeedStrategy):
 
     # -- the three places Lightning refuses a CPU -------------------------------------------------
     def setup_environment(self) -> None:
+        remove_stale_build_locks()  # DeepSpeed compiles its kernels during setup; a killed build's lock hangs it
         if not self.on_cpu:
             super().setup_environment()
             return
