@@ -17,6 +17,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from datamodules.errors import ConfigError
 
@@ -29,6 +30,7 @@ class TailWeightAveraging(WeightAveraging):
         super().__init__()
         self.start = float(start)
         self.first_step = 0
+        self.sharded = False
         self._swapped = False
 
     @property
@@ -38,9 +40,19 @@ class TailWeightAveraging(WeightAveraging):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit" and getattr(trainer.strategy, "zero_stage", 0) == 3:
-            raise ConfigError("callbacks.weight_averaging with strategy=zero3*: the parameters are sharded across "
-                              "ranks and cannot be averaged whole; use zero1/zero2 or callbacks.weight_averaging=null")
+            self.sharded = True
+            rank_zero_warn("callbacks.weight_averaging is off under ZeRO-3: each rank holds a shard of the "
+                           "parameters, which cannot be averaged whole; the run tests the weights it ends with")
+            return
         super().setup(trainer, pl_module, stage)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
+        if not self.sharded:
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.sharded:
+            super().on_train_epoch_end(trainer, pl_module)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.first_step = int(self.start * trainer.estimated_stepping_batches)
@@ -74,7 +86,13 @@ class TailWeightAveraging(WeightAveraging):
             if getattr(callback, "selection", None) == "last" and callback.best_model_path:
                 trainer.save_checkpoint(callback.best_model_path, weights_only=callback.save_weights_only)
 
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if not self.sharded:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.sharded:
+            return
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
         if self._swapped and "current_model_state" in checkpoint:
             # saved while the module held the mean: Lightning's two entries are the other way round
