@@ -46,19 +46,11 @@ class TailWeightAveraging(WeightAveraging):
             return
         super().setup(trainer, pl_module, stage)
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
-        if not self.sharded:
-            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.sharded:
-            super().on_train_epoch_end(trainer, pl_module)
-
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.first_step = int(self.start * trainer.estimated_stepping_batches)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return step_idx is not None and step_idx >= self.first_step
+        return not self.sharded and step_idx is not None and step_idx >= self.first_step
 
     # Dev evaluations score the mean, and the checkpoint callbacks, which save at the end of the validation or
     # of the epoch (Lightning runs them after every other callback), save what was scored; training goes on
